@@ -1,0 +1,8 @@
+"""edge_ad: visual anomaly detection on edge GPUs.
+
+Train a published model on images of good parts, export it once into a self-describing bundle, and
+run it on a camera, a video file or an RTSP stream with TensorRT or ONNX Runtime. The runtime side
+(this package's runtime, stream, bundle and postprocess modules) never imports torch.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The export pipeline: PyTorch model -> bundle (ONNX, TensorRT engines, Triton repository)."""

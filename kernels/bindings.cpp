@@ -1,0 +1,221 @@
+// pybind11 bindings: edge_ad._kernels. The Python face is edge_ad.postprocess; these functions check
+// every argument and raise ValueError/TypeError with a message instead of crashing.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+
+#include "kernels.h"
+
+namespace py = pybind11;
+using namespace edge_ad;
+
+namespace {
+
+Smooth parse_smooth(const std::string& s) {
+  if (s == "gaussian") return Smooth::kGaussian;
+  if (s == "box") return Smooth::kBox;
+  if (s == "none") return Smooth::kNone;
+  throw py::value_error("smooth must be 'gaussian', 'box' or 'none', got '" + s + "'");
+}
+
+DType parse_dtype_name(const std::string& s) {
+  if (s == "float32") return DType::kFloat32;
+  if (s == "float16") return DType::kFloat16;
+  throw py::value_error("dtype must be 'float32' or 'float16', got '" + s + "'");
+}
+
+DType array_dtype(const py::array& a, const char* name) {
+  const auto dt = a.dtype();
+  if (dt.kind() == 'f' && dt.itemsize() == 4) return DType::kFloat32;
+  if (dt.kind() == 'f' && dt.itemsize() == 2) return DType::kFloat16;
+  throw py::type_error(std::string(name) + " must be float32 or float16, got dtype " +
+                       std::string(py::str(dt)));
+}
+
+void require_contiguous(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) +
+                          " must be C-contiguous; pass np.ascontiguousarray(" + name + ")");
+  }
+}
+
+HeatmapParams make_params(int n, int h, int w, int out_h, int out_w, const std::string& smooth,
+                          double sigma, int window, bool align_corners, bool score_from_raw,
+                          std::optional<float> norm_min, std::optional<float> norm_max,
+                          std::optional<float> threshold) {
+  HeatmapParams p;
+  p.n = n; p.in_h = h; p.in_w = w; p.out_h = out_h; p.out_w = out_w;
+  p.smooth = parse_smooth(smooth);
+  p.sigma = sigma;
+  p.window = window;
+  p.align_corners = align_corners;
+  p.score_from_raw = score_from_raw;
+  if (norm_min.has_value() != norm_max.has_value()) {
+    throw py::value_error("give both norm_min and norm_max, or neither");
+  }
+  if (norm_min) { p.normalize = true; p.norm_min = *norm_min; p.norm_max = *norm_max; }
+  if (threshold) { p.has_threshold = true; p.threshold = *threshold; }
+  validate(p);
+  return p;
+}
+
+py::tuple heatmap_numpy(const py::array& raw, int out_h, int out_w, const std::string& smooth,
+                        double sigma, int window, bool align_corners, bool score_from_raw,
+                        std::optional<float> norm_min, std::optional<float> norm_max,
+                        std::optional<float> threshold) {
+  const DType dtype = array_dtype(raw, "raw");
+  if (raw.ndim() != 3) {
+    throw py::value_error("raw must have shape (N, h, w), got " + std::to_string(raw.ndim()) +
+                          " dimensions");
+  }
+  require_contiguous(raw, "raw");
+  const HeatmapParams p = make_params(static_cast<int>(raw.shape(0)), static_cast<int>(raw.shape(1)),
+                                      static_cast<int>(raw.shape(2)), out_h, out_w, smooth, sigma,
+                                      window, align_corners, score_from_raw, norm_min, norm_max,
+                                      threshold);
+  py::array_t<float> maps({p.n, p.out_h, p.out_w});
+  py::array_t<float> scores({p.n});
+  py::object masks = py::none();
+  uint8_t* mask_ptr = nullptr;
+  if (p.has_threshold) {
+    py::array_t<uint8_t> m({p.n, p.out_h, p.out_w});
+    mask_ptr = m.mutable_data();
+    masks = m;
+  }
+  const void* src = raw.data();
+  float* maps_ptr = maps.mutable_data();
+  float* scores_ptr = scores.mutable_data();
+  {
+    py::gil_scoped_release release;
+    heatmap_cpu(src, dtype, p, maps_ptr, scores_ptr, mask_ptr);
+  }
+  return py::make_tuple(maps, scores, masks);
+}
+
+DdimParams make_ddim(double a_t, double a_prev, std::optional<float> clamp) {
+  DdimParams p;
+  p.alpha_bar_t = a_t;
+  p.alpha_bar_prev = a_prev;
+  if (clamp) { p.clamp = true; p.clamp_value = *clamp; }
+  validate(p);
+  return p;
+}
+
+py::array ddim_numpy(const py::array& x_t, const py::array& eps, double a_t, double a_prev,
+                     std::optional<float> clamp, std::optional<py::array> out) {
+  const DType dtype = array_dtype(x_t, "x_t");
+  if (array_dtype(eps, "eps") != dtype) throw py::type_error("x_t and eps must have the same dtype");
+  require_contiguous(x_t, "x_t");
+  require_contiguous(eps, "eps");
+  if (x_t.size() == 0) throw py::value_error("ddim_step: x_t is empty");
+  if (x_t.ndim() != eps.ndim() ||
+      !std::equal(x_t.shape(), x_t.shape() + x_t.ndim(), eps.shape())) {
+    throw py::value_error("x_t and eps must have the same shape");
+  }
+  const DdimParams p = make_ddim(a_t, a_prev, clamp);
+  py::array result = out ? *out : py::array(x_t.dtype(), std::vector<py::ssize_t>(
+                                                  x_t.shape(), x_t.shape() + x_t.ndim()));
+  if (out) {
+    if (array_dtype(result, "out") != dtype || result.size() != x_t.size()) {
+      throw py::value_error("out must have the dtype and size of x_t");
+    }
+    require_contiguous(result, "out");
+    if (!result.writeable()) throw py::value_error("out must be writeable");
+  }
+  const void* xp = x_t.data();
+  const void* ep = eps.data();
+  void* op = result.mutable_data();
+  const int64_t count = x_t.size();
+  {
+    py::gil_scoped_release release;
+    ddim_step_cpu(xp, ep, op, count, dtype, p);
+  }
+  return result;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels, m) {
+  m.doc() = "edge_ad compiled kernels: heatmap post-processing and the DDIM step (CPU and CUDA).";
+#ifdef EDGE_AD_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const std::invalid_argument& err) {
+      PyErr_SetString(PyExc_ValueError, err.what());
+    }
+  });
+
+  m.def("heatmap_cpu", &heatmap_numpy, py::arg("raw"), py::arg("out_h"), py::arg("out_w"),
+        py::kw_only(), py::arg("smooth") = "gaussian", py::arg("sigma") = 4.0,
+        py::arg("window") = 0, py::arg("align_corners") = false,
+        py::arg("score_from_raw") = false, py::arg("norm_min") = py::none(),
+        py::arg("norm_max") = py::none(), py::arg("threshold") = py::none(),
+        "Full-size maps, image scores and masks (None without threshold) from N x h x w raw maps.");
+  m.def("ddim_step_cpu", &ddim_numpy, py::arg("x_t"), py::arg("eps"), py::arg("alpha_bar_t"),
+        py::arg("alpha_bar_prev"), py::kw_only(), py::arg("clamp") = py::none(),
+        py::arg("out") = py::none(), "One deterministic DDIM step (eta = 0), fp32 or fp16.");
+
+#ifdef EDGE_AD_WITH_CUDA
+  m.def("heatmap_cuda_workspace_bytes",
+        [](int n, int h, int w, int out_h, int out_w, const std::string& smooth, double sigma,
+           int window, bool align_corners) {
+          return heatmap_cuda_workspace_bytes(make_params(n, h, w, out_h, out_w, smooth, sigma,
+                                                          window, align_corners, false, {}, {}, {}));
+        },
+        py::arg("n"), py::arg("h"), py::arg("w"), py::arg("out_h"), py::arg("out_w"), py::kw_only(),
+        py::arg("smooth") = "gaussian", py::arg("sigma") = 4.0, py::arg("window") = 0,
+        py::arg("align_corners") = false);
+  m.def("heatmap_cuda",
+        [](uintptr_t raw, const std::string& dtype, int n, int h, int w, int out_h, int out_w,
+           uintptr_t maps, uintptr_t scores, uintptr_t masks, uintptr_t workspace,
+           size_t workspace_bytes, uintptr_t stream, const std::string& smooth, double sigma,
+           int window, bool align_corners, bool score_from_raw, std::optional<float> norm_min,
+           std::optional<float> norm_max, std::optional<float> threshold) {
+          const HeatmapParams p = make_params(n, h, w, out_h, out_w, smooth, sigma, window,
+                                              align_corners, score_from_raw, norm_min, norm_max,
+                                              threshold);
+          if (raw == 0 || maps == 0 || scores == 0) throw py::value_error("null device pointer");
+          if (p.has_threshold && masks == 0) throw py::value_error("threshold given but no masks buffer");
+          py::gil_scoped_release release;
+          heatmap_cuda(reinterpret_cast<const void*>(raw), parse_dtype_name(dtype), p,
+                       reinterpret_cast<float*>(maps), reinterpret_cast<float*>(scores),
+                       p.has_threshold ? reinterpret_cast<uint8_t*>(masks) : nullptr,
+                       reinterpret_cast<void*>(workspace), workspace_bytes, stream);
+        },
+        py::arg("raw"), py::arg("dtype"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("out_h"),
+        py::arg("out_w"), py::arg("maps"), py::arg("scores"), py::arg("masks"),
+        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"), py::kw_only(),
+        py::arg("smooth") = "gaussian", py::arg("sigma") = 4.0, py::arg("window") = 0,
+        py::arg("align_corners") = false, py::arg("score_from_raw") = false,
+        py::arg("norm_min") = py::none(), py::arg("norm_max") = py::none(),
+        py::arg("threshold") = py::none(),
+        "Device-pointer heatmap on a CUDA stream (asynchronous; graph-capturable).");
+  m.def("ddim_step_cuda",
+        [](uintptr_t x_t, uintptr_t eps, uintptr_t out, int64_t count, const std::string& dtype,
+           double a_t, double a_prev, std::optional<float> clamp, uintptr_t stream) {
+          if (x_t == 0 || eps == 0 || out == 0) throw py::value_error("null device pointer");
+          const DdimParams p = make_ddim(a_t, a_prev, clamp);
+          py::gil_scoped_release release;
+          ddim_step_cuda(reinterpret_cast<const void*>(x_t), reinterpret_cast<const void*>(eps),
+                         reinterpret_cast<void*>(out), count, parse_dtype_name(dtype), p, stream);
+        },
+        py::arg("x_t"), py::arg("eps"), py::arg("out"), py::arg("count"), py::arg("dtype"),
+        py::arg("alpha_bar_t"), py::arg("alpha_bar_prev"), py::kw_only(),
+        py::arg("clamp") = py::none(), py::arg("stream") = 0);
+  m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without a GPU or driver).");
+  m.def("cuda_device_name", &cuda_device_name, py::arg("device") = 0);
+  m.def("cuda_synchronize", &cuda_synchronize);
+#else
+  m.def("cuda_device_count", []() { return 0; }, "Built without CUDA: always 0.");
+#endif
+}

@@ -1,0 +1,211 @@
+// CUDA heatmap: the same banded separable algorithm as heatmap_cpu.cpp, with the coefficient
+// tables built on the device from heatmap_math.h, so a call allocates nothing, copies nothing from
+// the host, and can be captured in a CUDA graph together with an engine launch.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda_check.h"
+#include "heatmap_tables.h"
+#include "kernels.h"
+
+namespace edge_ad {
+namespace {
+
+constexpr int kThreads = 256;
+
+size_t align_up(size_t x) { return (x + 255) & ~static_cast<size_t>(255); }
+
+struct Workspace {
+  int* lo_y;
+  int* lo_x;
+  float* w_y;
+  float* w_x;
+  float* t;             // N x in_h x out_w
+  unsigned* score_bits; // N, order-preserving encoding of float
+  size_t bytes;
+};
+
+Workspace carve(void* base, const HeatmapParams& p, int band_y, int band_x) {
+  Workspace w{};
+  auto* b = static_cast<char*>(base);
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    char* ptr = b == nullptr ? nullptr : b + off;
+    off += align_up(bytes);
+    return ptr;
+  };
+  w.lo_y = reinterpret_cast<int*>(take(sizeof(int) * p.out_h));
+  w.lo_x = reinterpret_cast<int*>(take(sizeof(int) * p.out_w));
+  w.w_y = reinterpret_cast<float*>(take(sizeof(float) * p.out_h * band_y));
+  w.w_x = reinterpret_cast<float*>(take(sizeof(float) * p.out_w * band_x));
+  w.t = reinterpret_cast<float*>(take(sizeof(float) * static_cast<size_t>(p.n) * p.in_h * p.out_w));
+  w.score_bits = reinterpret_cast<unsigned*>(take(sizeof(unsigned) * p.n));
+  w.bytes = off;
+  return w;
+}
+
+// Monotone float <-> uint mapping so atomicMax on unsigned gives the float maximum.
+__device__ __forceinline__ unsigned encode_ordered(float f) {
+  const unsigned b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float decode_ordered(unsigned e) {
+  return __uint_as_float((e & 0x80000000u) ? (e & 0x7FFFFFFFu) : ~e);
+}
+
+template <typename T> __device__ __forceinline__ float load(const T* p, size_t i);
+template <> __device__ __forceinline__ float load<float>(const float* p, size_t i) { return p[i]; }
+template <> __device__ __forceinline__ float load<__half>(const __half* p, size_t i) {
+  return __half2float(p[i]);
+}
+
+// grid: (ceil(max(out_h, out_w) / 128), 2): blockIdx.y picks the axis. The filter taps are computed
+// once per block into shared memory, then each thread builds one output row of the table.
+__global__ void coefficients_kernel(AxisSpec ay, AxisSpec ax, int band_y, int band_x, Workspace ws) {
+  __shared__ double taps[kMaxTaps];
+  const bool is_y = blockIdx.y == 0;
+  const AxisSpec s = is_y ? ay : ax;
+  const int n_taps = filter_taps(s);
+  const double norm = gaussian_norm(s);
+  for (int j = threadIdx.x; j < n_taps; j += blockDim.x) {
+    taps[j] = filter_weight(s, filter_first(s) + j, norm);
+  }
+  __syncthreads();
+  const int row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= s.out) return;
+  const int band = is_y ? band_y : band_x;
+  int lo, hi;
+  row_span(s, row, &lo, &hi);
+  lo = clamp_window_start(lo, band, s.in);
+  (is_y ? ws.lo_y : ws.lo_x)[row] = lo;
+  row_coefficients(s, row, lo, band, taps, (is_y ? ws.w_y : ws.w_x) + static_cast<size_t>(row) * band);
+}
+
+template <typename T>
+__global__ void horizontal_kernel(const T* raw, HeatmapParams p, int band_x, Workspace ws) {
+  const size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t total = static_cast<size_t>(p.n) * p.in_h * p.out_w;
+  if (idx >= total) return;
+  const int x = static_cast<int>(idx % p.out_w);
+  const size_t ni = idx / p.out_w;  // n * in_h + i
+  const size_t base = ni * p.in_w + ws.lo_x[x];
+  const float* w = ws.w_x + static_cast<size_t>(x) * band_x;
+  float acc = 0.f;
+  for (int k = 0; k < band_x; ++k) acc += w[k] * load(raw, base + k);
+  ws.t[idx] = acc;
+}
+
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[kThreads / 32];
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_down_sync(0xFFFFFFFFu, v, off));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < (blockDim.x >> 5) ? partial[lane] : -INFINITY;
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_down_sync(0xFFFFFFFFu, v, off));
+  }
+  return v;
+}
+
+__device__ __forceinline__ float normalize_value(float v, const HeatmapParams& p) {
+  if (!p.normalize) return v;
+  return fminf(1.f, fmaxf(0.f, (v - p.norm_min) / (p.norm_max - p.norm_min)));
+}
+
+// grid: (ceil(out_w / kThreads), out_h, n). One output pixel per thread, one output row per block.
+__global__ void vertical_kernel(HeatmapParams p, int band_y, Workspace ws, float* maps,
+                                uint8_t* masks) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x;
+  const int y = blockIdx.y, n = blockIdx.z;
+  float v = -INFINITY;
+  if (x < p.out_w) {
+    const float* t = ws.t + (static_cast<size_t>(n) * p.in_h + ws.lo_y[y]) * p.out_w + x;
+    const float* w = ws.w_y + static_cast<size_t>(y) * band_y;
+    float acc = 0.f;
+    for (int k = 0; k < band_y; ++k) acc += w[k] * t[static_cast<size_t>(k) * p.out_w];
+    v = normalize_value(acc, p);
+    const size_t o = (static_cast<size_t>(n) * p.out_h + y) * p.out_w + x;
+    maps[o] = v;
+    if (masks != nullptr) masks[o] = v >= p.threshold ? 1 : 0;
+  }
+  if (!p.score_from_raw) {
+    const float m = block_max(v);
+    if (threadIdx.x == 0) atomicMax(&ws.score_bits[n], encode_ordered(m));
+  }
+}
+
+template <typename T>
+__global__ void raw_max_kernel(const T* raw, HeatmapParams p, Workspace ws) {
+  const size_t per_image = static_cast<size_t>(p.in_h) * p.in_w;
+  const int n = blockIdx.y;
+  float v = -INFINITY;
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < per_image; i += gridDim.x * blockDim.x) {
+    v = fmaxf(v, load(raw, n * per_image + i));
+  }
+  const float m = block_max(v);
+  if (threadIdx.x == 0) atomicMax(&ws.score_bits[n], encode_ordered(m));
+}
+
+__global__ void finalize_scores_kernel(HeatmapParams p, Workspace ws, float* scores) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= p.n) return;
+  const float m = decode_ordered(ws.score_bits[n]);
+  scores[n] = p.score_from_raw ? normalize_value(m, p) : m;
+}
+
+template <typename T>
+void launch_all(const T* raw, const HeatmapParams& p, int band_y, int band_x, const Workspace& ws,
+                float* maps, float* scores, uint8_t* masks, cudaStream_t stream) {
+  const AxisSpec ay = axis_y(p), ax = axis_x(p);
+  const int rows = std::max(p.out_h, p.out_w);
+  coefficients_kernel<<<dim3((rows + 127) / 128, 2), 128, 0, stream>>>(ay, ax, band_y, band_x, ws);
+  check_launch("heatmap coefficients");
+  cuda_check(cudaMemsetAsync(ws.score_bits, 0, sizeof(unsigned) * p.n, stream), "cudaMemsetAsync");
+  const size_t t_total = static_cast<size_t>(p.n) * p.in_h * p.out_w;
+  horizontal_kernel<T><<<static_cast<unsigned>((t_total + kThreads - 1) / kThreads), kThreads, 0,
+                         stream>>>(raw, p, band_x, ws);
+  check_launch("heatmap horizontal pass");
+  const dim3 grid((p.out_w + kThreads - 1) / kThreads, p.out_h, p.n);
+  vertical_kernel<<<grid, kThreads, 0, stream>>>(p, band_y, ws, maps, masks);
+  check_launch("heatmap vertical pass");
+  if (p.score_from_raw) {
+    const size_t per_image = static_cast<size_t>(p.in_h) * p.in_w;
+    const unsigned blocks = static_cast<unsigned>(std::min<size_t>((per_image + kThreads - 1) / kThreads, 64));
+    raw_max_kernel<T><<<dim3(blocks, p.n), kThreads, 0, stream>>>(raw, p, ws);
+    check_launch("heatmap raw max");
+  }
+  finalize_scores_kernel<<<(p.n + 127) / 128, 128, 0, stream>>>(p, ws, scores);
+  check_launch("heatmap scores");
+}
+
+}  // namespace
+
+size_t heatmap_cuda_workspace_bytes(const HeatmapParams& p) {
+  validate(p);
+  return carve(nullptr, p, axis_table(axis_y(p))->band, axis_table(axis_x(p))->band).bytes;
+}
+
+void heatmap_cuda(const void* raw, DType dtype, const HeatmapParams& p, float* maps, float* scores,
+                  uint8_t* masks, void* workspace, size_t workspace_bytes, uintptr_t stream) {
+  validate(p);
+  // The host tables (cached) give the band widths; the device builds its own copy of the weights.
+  const int band_y = axis_table(axis_y(p))->band, band_x = axis_table(axis_x(p))->band;
+  const Workspace ws = carve(workspace, p, band_y, band_x);
+  if (workspace == nullptr || workspace_bytes < ws.bytes) {
+    throw std::invalid_argument("heatmap_cuda: workspace too small: need " + std::to_string(ws.bytes) +
+                                " bytes (heatmap_cuda_workspace_bytes), got " +
+                                std::to_string(workspace_bytes));
+  }
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (dtype == DType::kFloat32) {
+    launch_all(static_cast<const float*>(raw), p, band_y, band_x, ws, maps, scores, masks, s);
+  } else {
+    launch_all(static_cast<const __half*>(raw), p, band_y, band_x, ws, maps, scores, masks, s);
+  }
+}
+
+}  // namespace edge_ad

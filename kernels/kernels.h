@@ -1,0 +1,65 @@
+// One C++ signature per kernel; a CPU implementation always, a CUDA one when built with CUDA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common.h"
+#include "ddim_math.h"
+#include "heatmap_math.h"
+
+namespace edge_ad {
+
+struct HeatmapParams {
+  int n = 0, in_h = 0, in_w = 0;    // raw maps N x h x w
+  int out_h = 0, out_w = 0;         // full-size output
+  Smooth smooth = Smooth::kGaussian;
+  double sigma = 4.0;               // gaussian
+  int window = 0;                   // box
+  bool align_corners = false;
+  bool score_from_raw = false;      // image score: max of the raw map (else of the final map)
+  bool normalize = false;           // y = (x - norm_min) / (norm_max - norm_min), clipped to [0, 1]
+  float norm_min = 0.f, norm_max = 1.f;
+  bool has_threshold = false;       // mask = final map >= threshold
+  float threshold = 0.f;
+};
+
+// Throws std::invalid_argument with a message that says what to change.
+void validate(const HeatmapParams& p);
+AxisSpec axis_y(const HeatmapParams& p);
+AxisSpec axis_x(const HeatmapParams& p);
+
+// raw: N*h*w contiguous (fp32 or fp16); maps: N*H*W fp32; scores: N; masks: N*H*W uint8 or null.
+void heatmap_cpu(const void* raw, DType dtype, const HeatmapParams& p, float* maps, float* scores,
+                 uint8_t* masks);
+
+struct DdimParams {
+  double alpha_bar_t = 1.0;
+  double alpha_bar_prev = 1.0;
+  bool clamp = false;
+  float clamp_value = 1.f;          // x0 clipped to [-clamp_value, clamp_value]
+};
+
+void validate(const DdimParams& p);
+DdimCoefficients ddim_coefficients(const DdimParams& p);
+
+// x_prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps,  x0 = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t).
+// x_prev may alias x_t (in place).
+void ddim_step_cpu(const void* x_t, const void* eps, void* x_prev, int64_t count, DType dtype,
+                   const DdimParams& p);
+
+#ifdef EDGE_AD_WITH_CUDA
+std::size_t heatmap_cuda_workspace_bytes(const HeatmapParams& p);
+// All pointers are device pointers; workspace holds heatmap_cuda_workspace_bytes(p) bytes.
+// Asynchronous on `stream`; capturable in a CUDA graph (no allocation, no host copies).
+void heatmap_cuda(const void* raw, DType dtype, const HeatmapParams& p, float* maps, float* scores,
+                  uint8_t* masks, void* workspace, std::size_t workspace_bytes, uintptr_t stream);
+void ddim_step_cuda(const void* x_t, const void* eps, void* x_prev, int64_t count, DType dtype,
+                    const DdimParams& p, uintptr_t stream);
+int cuda_device_count();
+std::string cuda_device_name(int device);
+void cuda_synchronize();
+#endif
+
+}  // namespace edge_ad
