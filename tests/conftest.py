@@ -1,0 +1,33 @@
+"""Shared fixtures and the skip rules of the gpu and tensorrt markers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+
+def _cuda_reason() -> str | None:
+    from edge_ad import _kernels
+
+    if not _kernels.has_cuda:
+        return "edge_ad was built without CUDA kernels"
+    if _kernels.cuda_device_count() == 0:
+        return "no CUDA GPU on this machine"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "torch has no CUDA device"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_reason = _cuda_reason() if any("gpu" in item.keywords for item in items) else None
+    trt_reason = None if importlib.util.find_spec("tensorrt") else "TensorRT not installed"
+    for item in items:
+        if "gpu" in item.keywords and gpu_reason:
+            item.add_marker(pytest.mark.skip(reason=gpu_reason))
+        if "tensorrt" in item.keywords and trt_reason:
+            item.add_marker(pytest.mark.skip(reason=trt_reason))
