@@ -1,0 +1,39 @@
+# The README's commands. `make demo` runs the main job; `make test` runs the test suite.
+# Everything installs into .venv from the pins in constraints.txt; nothing is needed beforehand.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.edge_ad-installed
+KERNEL_SOURCES := $(wildcard kernels/*) CMakeLists.txt pyproject.toml constraints.txt
+
+.PHONY: demo test test-all bench install clean
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Dependencies first (pinned torch/torchvision), then the package itself as an editable install:
+# Python code is read from the tree, and edge_ad._kernels is rebuilt when kernels/ changes.
+$(STAMP): $(VENV)/bin/python $(KERNEL_SOURCES)
+	$(PIP) install -q -c constraints.txt scikit-build-core pybind11
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[test]"
+	$(PY) -c "import edge_ad._kernels as k; print('edge_ad._kernels built, has_cuda =', k.has_cuda)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m edge_ad.cli demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/kernels.py --json benchmarks/results/kernels-cpu.json
+
+clean:
+	rm -rf build runs .pytest_cache

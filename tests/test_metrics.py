@@ -1,0 +1,127 @@
+"""Metrics on hand-computed cases, against scikit-learn, and AUPRO against a brute-force sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+from edge_ad.metrics import aupro, f1_max, image_auroc, pixel_auroc
+
+
+def test_image_auroc_hand_computed() -> None:
+    assert image_auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert image_auroc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
+    # pairs (neg, pos): (.1,.35) win, (.1,.8) win, (.4,.35) loss, (.4,.8) win -> 3/4
+    assert image_auroc([0, 1, 0, 1], [0.1, 0.35, 0.4, 0.8]) == 0.75
+    # a tie between a negative and a positive counts one half
+    assert image_auroc([0, 1], [0.5, 0.5]) == 0.5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_sklearn_with_ties(seed) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.standard_normal(300) + labels, 1)  # rounding makes many ties
+    assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    masks = rng.random((4, 16, 16)) > 0.8
+    maps = np.round(rng.standard_normal((4, 16, 16)) + masks, 1)
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+
+
+def test_f1_max_hand_computed() -> None:
+    # threshold .7 -> predicted {.9,.7}: tp 1, fp 1 -> P .5 R .5; threshold .9 -> P 1 R .5 -> F1 2/3;
+    # threshold .4 -> predicted {.9,.7,.4}: tp 2 -> P 2/3, R 1 -> F1 .8 (the best)
+    f1, threshold = f1_max([1, 0, 1, 0], [0.9, 0.7, 0.4, 0.1])
+    assert f1 == pytest.approx(0.8)
+    assert threshold == 0.4
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_f1_max_matches_sklearn(seed) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.standard_normal(200) + labels, 1)
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    best = int(np.argmax(f1[:-1]))
+    ours, threshold = f1_max(labels, scores)
+    assert ours == pytest.approx(f1[best], abs=1e-12)
+    assert threshold == pytest.approx(thresholds[best])
+
+
+def test_aupro_hand_computed() -> None:
+    # One region of two pixels, six normal pixels. Curve (fpr, pro): (0, .5) at .9, (1/6, .5) at .6,
+    # (2/6, .5) at .5, (2/6, 1) at .4: up to 0.3 the overlap is .5 all the way -> AUPRO .5.
+    masks = np.array([[[0, 0, 1, 1], [0, 0, 0, 0]]])
+    maps = np.array([[[0.1, 0.2, 0.9, 0.4], [0.3, 0.5, 0.6, 0.0]]])
+    assert aupro(masks, maps, fpr_limit=0.3) == pytest.approx(0.5)
+    # up to 0.4: .5 * 1/3 + 1.0 * (0.4 - 1/3) = 0.2333.. -> / 0.4
+    assert aupro(masks, maps, fpr_limit=0.4) == pytest.approx((0.5 / 3 + (0.4 - 1 / 3)) / 0.4)
+
+
+def test_aupro_regions_count_equally() -> None:
+    """A found small region and a missed big one weigh the same, whatever their sizes.
+
+    Operating points: threshold 1 -> (fpr 0, pro .5); threshold 0 -> (1, 1). Linear between them,
+    pro(.3) = .65, area (.5 + .65) / 2 * .3, normalized by .3 -> .575.
+    """
+    masks = np.zeros((1, 20, 20), np.uint8)
+    masks[0, 1:3, 1:3] = 1            # small region, found
+    masks[0, 10:19, 10:19] = 1        # big region, missed
+    maps = np.zeros((1, 20, 20))
+    maps[0, 1:3, 1:3] = 1.0
+    assert aupro(masks, maps) == pytest.approx(0.575)
+    masks[0, 10:19, 10:19] = 0        # without the missed region the same map is perfect
+    assert aupro(masks, maps) == pytest.approx(1.0)  # the pixel metric is dominated by the big region
+
+
+def brute_force_aupro(masks: np.ndarray, maps: np.ndarray, limit: float) -> float:
+    """Independent reference: sweep every threshold, label regions with scipy, integrate."""
+    regions = []
+    for mask, amap in zip(masks, maps):
+        labels, count = ndi.label(mask, structure=np.ones((3, 3)))
+        regions += [(labels == k, amap) for k in range(1, count + 1)]
+    normal = ~masks.astype(bool)
+    points = [(0.0, 0.0)]
+    for t in np.unique(maps)[::-1]:
+        fpr = (maps[normal] >= t).mean()
+        pro = np.mean([(amap[region] >= t).mean() for region, amap in regions])
+        points.append((fpr, pro))
+    fprs, pros = np.array(points).T
+    keep = fprs <= limit
+    x, y = list(fprs[keep]), list(pros[keep])
+    if x[-1] < limit:
+        j = int(np.argmax(~keep))
+        y.append(np.interp(limit, fprs[j - 1:j + 1], pros[j - 1:j + 1]))
+        x.append(limit)
+    return float(np.trapezoid(y, x) / limit)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("limit", [0.05, 0.3, 1.0])
+def test_aupro_matches_brute_force(seed, limit) -> None:
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 24, 24), np.uint8)
+    for i in range(3):
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, 20, 2)
+            masks[i, y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = 1
+    maps = np.round(rng.standard_normal(masks.shape) + 1.5 * masks, 2)
+    assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(brute_force_aupro(masks, maps, limit), abs=1e-9)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: image_auroc([1, 1], [0.1, 0.2]), "both normal"),
+    (lambda: image_auroc([0, 1], [0.1]), "same shape"),
+    (lambda: image_auroc([0, 1], [0.1, np.nan]), "NaN"),
+    (lambda: aupro(np.zeros((1, 4, 4)), np.zeros((1, 4, 4))), "both normal and anomalous"),
+    (lambda: aupro(np.ones((1, 4, 4)), np.zeros((1, 4, 5))), "must both be"),
+    (lambda: aupro(np.ones((1, 4, 4)), np.zeros((1, 4, 4)), fpr_limit=0), "fpr_limit"),
+    (lambda: f1_max([0, 0], [0.1, 0.2]), "both normal"),
+])
+def test_bad_input(call, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        call()
