@@ -85,7 +85,7 @@ void heatmap_cpu(const void* raw, DType dtype, const HeatmapParams& p, float* ma
   }
 
   const int rows = p.n * p.out_h;
-#pragma omp parallel for schedule(static) if (out_size * p.n >= (1u << 16))
+#pragma omp parallel for schedule(static) if (out_size * p.n >= (1u << 14))
   for (int r = 0; r < rows; ++r) {
     const int n = r / p.out_h, y = r % p.out_h;
     const float* tn = &t[n * t_size] + static_cast<size_t>(ty.lo[y]) * p.out_w;
