@@ -1,0 +1,26 @@
+"""Type stub of the compiled module (kernels/bindings.cpp). Use edge_ad.postprocess instead."""
+
+import numpy as np
+
+has_cuda: bool
+
+def heatmap_cpu(raw: np.ndarray, out_h: int, out_w: int, *, smooth: str = ..., sigma: float = ...,
+                window: int = ..., align_corners: bool = ..., score_from_raw: bool = ...,
+                norm_min: float | None = ..., norm_max: float | None = ...,
+                threshold: float | None = ...) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]: ...
+def ddim_step_cpu(x_t: np.ndarray, eps: np.ndarray, alpha_bar_t: float, alpha_bar_prev: float, *,
+                  clamp: float | None = ..., out: np.ndarray | None = ...) -> np.ndarray: ...
+def cuda_device_count() -> int: ...
+
+# Present only when built with CUDA (has_cuda is True). Pointers are device addresses as ints.
+def heatmap_cuda_workspace_bytes(n: int, h: int, w: int, out_h: int, out_w: int, *, smooth: str = ...,
+                                 sigma: float = ..., window: int = ..., align_corners: bool = ...) -> int: ...
+def heatmap_cuda(raw: int, dtype: str, n: int, h: int, w: int, out_h: int, out_w: int, maps: int,
+                 scores: int, masks: int, workspace: int, workspace_bytes: int, stream: int, *,
+                 smooth: str = ..., sigma: float = ..., window: int = ..., align_corners: bool = ...,
+                 score_from_raw: bool = ..., norm_min: float | None = ..., norm_max: float | None = ...,
+                 threshold: float | None = ...) -> None: ...
+def ddim_step_cuda(x_t: int, eps: int, out: int, count: int, dtype: str, alpha_bar_t: float,
+                   alpha_bar_prev: float, *, clamp: float | None = ..., stream: int = ...) -> None: ...
+def cuda_device_name(device: int = ...) -> str: ...
+def cuda_synchronize() -> None: ...
