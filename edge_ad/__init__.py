@@ -6,3 +6,10 @@ run it on a camera, a video file or an RTSP stream with TensorRT or ONNX Runtime
 """
 
 __version__ = "0.1.0"
+
+
+def load(bundle, backend: str = "auto", **kwargs):
+    """Open an exported bundle and return a Detector (see edge_ad.runtime.load). Never imports torch."""
+    from edge_ad.runtime import load as _load
+
+    return _load(bundle, backend, **kwargs)

@@ -16,6 +16,8 @@ def model() -> SimpleNet:
     net.eval()
     net.discriminator[1].running_mean.normal_()        # non-trivial BatchNorm statistics
     net.discriminator[1].running_var.uniform_(0.5, 2.0)
+    net.feature_mean.normal_()                         # non-trivial standardization
+    net.feature_inv_std.uniform_(0.2, 3.0)
     return net
 
 
@@ -41,6 +43,7 @@ def test_local_features_match_unfold_resize_pool(model) -> None:
             pooled = F.adaptive_avg_pool1d(vectors, model.config["embed_dim"])
             stages.append(pooled.reshape(m.shape[0], h, w, -1).permute(0, 3, 1, 2))
         expected = torch.cat(stages, dim=1)
+        expected = (expected - model.feature_mean[None, :, None, None]) * model.feature_inv_std[None, :, None, None]
         ours = model.local_features(x)
     assert ours.shape == expected.shape
     assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)

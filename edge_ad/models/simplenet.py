@@ -6,6 +6,13 @@ shallower grid (bilinear, align_corners=False) and the two are concatenated (153
 adaptor maps them to the target domain; a small discriminator tells adapted features from copies
 with Gaussian noise added, and the patch score is -D(q).
 
+Departure from the paper (constructor flag `standardize`, on by default): the pooled features are
+standardized per dimension with the mean/std of the normal training images, computed once before
+training. The paper's noise level (std 0.015) was set for WRN-50's post-ReLU features; the offline
+EfficientNet-Lite0's stage outputs are linear projections with std ~5, next to which that noise is
+invisible and the discriminator collapses to D = 0 (loss stuck at 1.0, measured). With
+standardize=False and wide_resnet50_2 the model is the paper's.
+
 The pooling is a fixed linear map, so it is a 3x3 convolution with a constant weight. Adaptor and
 the discriminator's first Linear are linear too, so `folded()` composes pool -> adaptor -> Linear
 -> BatchNorm into one 3x3 convolution per stage: exact, and about 7x less head compute, for export.
@@ -38,12 +45,14 @@ class SimpleNet(nn.Module):
 
     def __init__(self, backbone: str = OFFLINE_BACKBONE, layers: tuple[int, int] = (2, 3), *,
                  embed_dim: int = 768, adaptor_bias: bool = True, disc_hidden: int = 1024,
-                 noise_std: float = 0.015, margin: float = 0.5, image_size: int = 288,
+                 noise_std: float = 0.015, margin: float = 0.5, lr_disc: float = 2e-4,
+                 lr_adaptor: float = 1e-4, standardize: bool = True, image_size: int = 288,
                  resize_size: int = 329, pretrained: bool = True, weights: str | None = None) -> None:
         super().__init__()
         self.config = dict(backbone=backbone, layers=tuple(layers), embed_dim=embed_dim,
                            adaptor_bias=adaptor_bias, disc_hidden=disc_hidden, noise_std=noise_std,
-                           margin=margin, image_size=image_size, resize_size=resize_size)
+                           margin=margin, lr_disc=lr_disc, lr_adaptor=lr_adaptor, standardize=standardize,
+                           image_size=image_size, resize_size=resize_size)
         self.backbone = create_backbone(backbone, tuple(layers), pretrained=pretrained, weights=weights)
         channels = self.backbone.feature_info.channels()
         self.strides = tuple(self.backbone.feature_info.reduction())
@@ -51,6 +60,8 @@ class SimpleNet(nn.Module):
             pool = adaptive_pool_matrix(c * 9, embed_dim).reshape(embed_dim, c, 3, 3)
             self.register_buffer(f"pool{i}", pool.float(), persistent=False)
         dim = embed_dim * len(channels)
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_inv_std", torch.ones(dim))
         self.adaptor = nn.Linear(dim, dim, bias=adaptor_bias)
         self.discriminator = nn.Sequential(
             nn.Linear(dim, disc_hidden), nn.BatchNorm1d(disc_hidden), nn.LeakyReLU(0.2),
@@ -76,7 +87,28 @@ class SimpleNet(nn.Module):
         pooled = [F.conv2d(m, getattr(self, f"pool{i}"), padding=1) for i, m in enumerate(maps)]
         size = pooled[0].shape[-2:]
         pooled = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
-        return torch.cat(pooled, dim=1)
+        features = torch.cat(pooled, dim=1)
+        return (features - self.feature_mean[None, :, None, None]) * self.feature_inv_std[None, :, None, None]
+
+    @torch.no_grad()
+    def prepare_training(self, batches) -> None:
+        """Per-dimension mean/std of the pooled features over all locations of the training images."""
+        if not self.config["standardize"]:
+            return
+        self.feature_mean.zero_()
+        self.feature_inv_std.fill_(1.0)
+        total = total_sq = None
+        count = 0
+        for x in batches:
+            f = self.local_features(x).double()
+            s1, s2 = f.sum(dim=(0, 2, 3)), (f * f).sum(dim=(0, 2, 3))
+            total = s1 if total is None else total + s1
+            total_sq = s2 if total_sq is None else total_sq + s2
+            count += f.shape[0] * f.shape[2] * f.shape[3]
+        mean = total / count
+        std = torch.sqrt(torch.clamp(total_sq / count - mean * mean, min=0.0)) + 1e-6
+        self.feature_mean.copy_(mean.float())
+        self.feature_inv_std.copy_((1.0 / std).float())
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """The adaptor, applied per location: N x C x h x w -> N x C x h x w."""
@@ -102,8 +134,8 @@ class SimpleNet(nn.Module):
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam for the discriminator (lr 2e-4, wd 1e-5), AdamW for the adaptor (lr 1e-4), as SPECS."""
-        return [torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, weight_decay=1e-5),
-                torch.optim.AdamW(self.adaptor.parameters(), lr=1e-4)]
+        return [torch.optim.Adam(self.discriminator.parameters(), lr=self.config["lr_disc"], weight_decay=1e-5),
+                torch.optim.AdamW(self.adaptor.parameters(), lr=self.config["lr_adaptor"])]
 
     def train(self, mode: bool = True) -> "SimpleNet":
         super().train(mode)
@@ -132,7 +164,9 @@ class FoldedSimpleNet(nn.Module):
         lin1, bn, act, lin2 = model.discriminator
         scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).double()
         w1 = lin1.weight.double() * scale[:, None]                                       # BN o W1
-        adaptor_w = model.adaptor.weight.double()
+        # Standardization folds into the adaptor: A ((f - m) s) + a = (A diag(s)) f + (a - A diag(s) m).
+        adaptor_w = model.adaptor.weight.double() * model.feature_inv_std.double()[None, :]
+        adaptor_shift = -adaptor_w @ model.feature_mean.double()
         embed = model.config["embed_dim"]
         self.convs = nn.ModuleList()
         for i in range(len(model.strides)):
@@ -143,7 +177,7 @@ class FoldedSimpleNet(nn.Module):
             conv.weight.data = weight.float()
             if i == 0:  # all constant terms: BN(W1 (A f + a) + b1) = w1 A f + w1 a + (b1 - mu) s + beta
                 a = model.adaptor.bias
-                a = a.double() if a is not None else torch.zeros(adaptor_w.shape[0], dtype=torch.float64)
+                a = (a.double() if a is not None else torch.zeros(adaptor_w.shape[0], dtype=torch.float64)) + adaptor_shift
                 bias = w1 @ a + (lin1.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
                 conv.bias.data = bias.float()
             self.convs.append(conv)

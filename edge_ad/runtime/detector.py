@@ -1,0 +1,91 @@
+"""Detector: a loaded bundle + a backend. predict(image or list) -> Result(s)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from edge_ad.bundle import Bundle
+from edge_ad.data.images import to_rgb_uint8
+from edge_ad.postprocess import heatmap
+from edge_ad.runtime.preprocess import Geometry, prepare
+from edge_ad.runtime.result import Result
+
+
+class Detector:
+    """Runs a bundle on images of any size. `color` says what predict() receives: "BGR" (OpenCV's
+    order, the default for frames from cv2) or "RGB". Grayscale, RGBA and 16-bit input are converted."""
+
+    def __init__(self, bundle: Bundle, backend, *, color: str = "BGR") -> None:
+        if color not in ("BGR", "RGB"):
+            raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
+        self.bundle = bundle
+        self.backend = backend
+        self.color = color
+        meta = bundle.meta
+        self.geometry = Geometry.from_dict(meta["geometry"])
+        self.spec = meta["heatmap"]
+        cal = meta["calibration"]
+        self.threshold = float(cal["image_threshold"])
+        self.image_norm = tuple(cal["image_norm"])
+        self.pixel_norm = tuple(cal["pixel_norm"])
+        self.pixel_threshold = float(cal["pixel_threshold"])
+
+    @property
+    def model_name(self) -> str:
+        return self.bundle.model_name
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Result | list[Result]:
+        """One image -> one Result; a list of images -> a list of Results (one batched inference)."""
+        single = isinstance(images, np.ndarray)
+        batch = [images] if single else list(images)
+        if not batch:
+            return []
+        rgb = [to_rgb_uint8(im, bgr=self.color == "BGR") for im in batch]
+        raw = self.infer(np.stack([prepare(im, self.geometry) for im in rgb]))
+        results = self.postprocess(raw, [im.shape[:2] for im in rgb])
+        return results[0] if single else results
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The backend alone: prepared uint8 N x H x W x 3 -> raw maps N x 1 x h x w."""
+        return self.backend.infer(batch)
+
+    def postprocess(self, raw: np.ndarray, sizes: list[tuple[int, int]]) -> list[Result]:
+        s = self.spec
+        maps, scores = heatmap(np.ascontiguousarray(raw, dtype=np.float32), tuple(s["output_size"]),
+                               smooth=s["smooth"], sigma=s["sigma"], window=s["window"],
+                               align_corners=s["align_corners"], score_from=s["score_from"])
+        lo, hi = self.image_norm
+        return [Result(score=float(score), normalized_score=float(np.clip((score - lo) / (hi - lo), 0.0, 1.0)),
+                       is_anomalous=bool(score > self.threshold), crop_map=m, image_size=size,
+                       geometry=self.geometry, pixel_norm=self.pixel_norm, pixel_threshold=self.pixel_threshold)
+                for m, score, size in zip(maps, scores, sizes)]
+
+    def stream(self, source, **kwargs) -> Iterator:
+        """Results of a camera index, video file, URL or image folder: see edge_ad.stream.run."""
+        from edge_ad.stream import run
+
+        return run(self, source, **kwargs)
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close:
+            close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def predict_many(detector: Detector, images: Iterable[np.ndarray], batch_size: int = 8) -> list[Result]:
+    """Results for any number of images, in batches."""
+    out, chunk = [], []
+    for image in images:
+        chunk.append(image)
+        if len(chunk) == batch_size:
+            out += detector.predict(chunk)
+            chunk = []
+    return out + (detector.predict(chunk) if chunk else [])

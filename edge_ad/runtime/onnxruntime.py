@@ -1,0 +1,54 @@
+"""ONNX Runtime backend: the CPU provider everywhere, the CUDA provider when it really works."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def gpu_present() -> bool:
+    """A CUDA driver and device exist (asked through the kernels' statically linked CUDA runtime,
+    or the driver library when the kernels were built without CUDA)."""
+    from edge_ad import _kernels
+
+    if _kernels.has_cuda:
+        return _kernels.cuda_device_count() > 0
+    import ctypes.util
+
+    return ctypes.util.find_library("cuda") is not None
+
+
+class OrtBackend:
+    """infer(uint8 N x H x W x 3) -> float32 raw maps N x 1 x h x w."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, *, device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" or (device == "auto" and gpu_present()):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        active = self.session.get_providers()
+        # onnxruntime-gpu lists CUDA even where its libraries or a GPU are missing, and then falls
+        # back to the CPU: what counts is the provider the session ended up with.
+        if device == "cuda" and "CUDAExecutionProvider" not in active:
+            raise RuntimeError("ONNX Runtime's CUDA provider is not usable here (no GPU, or CUDA/cuDNN "
+                               "libraries missing); use device='cpu' or backend='auto'")
+        self.device = "cuda" if "CUDAExecutionProvider" in active else "cpu"
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+        log.info("ONNX Runtime session on %s (providers %s)", self.device, active)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: batch})[0]

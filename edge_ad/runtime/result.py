@@ -1,0 +1,56 @@
+"""What the detector returns per image: scores, decision, and the maps at the image's own size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from edge_ad.runtime.preprocess import Geometry
+
+
+@dataclass
+class Result:
+    """One image's result. `heatmap`/`mask` are computed on first access, at the input image's size."""
+
+    score: float                      # raw image score, the model's units (higher = more anomalous)
+    normalized_score: float           # calibrated to [0, 1]; the threshold maps to 0.5
+    is_anomalous: bool                # score > calibrated threshold
+    crop_map: np.ndarray = field(repr=False)   # full-size map of the model's crop (H x W float32)
+    image_size: tuple[int, int] = (0, 0)       # (height, width) of the input image
+    geometry: Geometry | None = field(default=None, repr=False)
+    pixel_norm: tuple[float, float] = (0.0, 1.0)
+    pixel_threshold: float = float("inf")
+    _heatmap: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """Normalized anomaly map in [0, 1] over the whole input image (0 outside the model's crop)."""
+        if self._heatmap is None:
+            lo, hi = self.pixel_norm
+            norm = np.clip((self.crop_map - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+            h, w = self.image_size
+            full = np.zeros((h, w), np.float32)
+            top, left, rh, rw = self.geometry.region(h, w)
+            full[top:top + rh, left:left + rw] = cv2.resize(norm, (rw, rh), interpolation=cv2.INTER_LINEAR)
+            self._heatmap = full
+        return self._heatmap
+
+    @property
+    def mask(self) -> np.ndarray:
+        """uint8 mask (1 = anomalous pixel) at the input image's size, from the calibrated pixel threshold."""
+        lo, hi = self.pixel_norm
+        return (self.heatmap >= (self.pixel_threshold - lo) / (hi - lo)).astype(np.uint8)
+
+    def overlay(self, image: np.ndarray, *, color: str = "BGR", alpha: float = 0.45) -> np.ndarray:
+        """The heatmap blended over `image` (3-channel, in the `color` order given), with a score label."""
+        colours = cv2.applyColorMap((self.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        if color == "RGB":
+            colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
+        blended = cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0)
+        label = f"{'ANOMALY' if self.is_anomalous else 'ok'} {self.normalized_score:.2f}"
+        colour = (0, 0, 255) if self.is_anomalous else (0, 200, 0)
+        colour = colour[::-1] if color == "RGB" else colour
+        cv2.putText(blended, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, colour, 2, cv2.LINE_AA)
+        return blended

@@ -1,0 +1,84 @@
+"""`edge-ad export RUN --out BUNDLE`: a trained run -> a self-describing bundle (DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+import edge_ad
+from edge_ad.bundle import Bundle, write_bundle
+from edge_ad.data import MVTecDataset
+from edge_ad.models import create_model
+from edge_ad.runtime.preprocess import Geometry, prepare
+from edge_ad.training.adapter import UInt8Input
+from edge_ad.training.fit import CHECKPOINT, load_checkpoint
+from edge_ad.training.run import RUN_FILE
+from export.onnx import INPUT, OPSET, OUTPUT, export_onnx
+from export.parity import check_parity
+
+MODEL_FILE = "model.onnx"
+
+
+def load_run(run_dir: Path) -> tuple[dict, torch.nn.Module]:
+    """The run's description and its trained model (eval mode, weights from the checkpoint)."""
+    info_path = run_dir / RUN_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a training run ({RUN_FILE} missing); run `edge-ad train` first")
+    info = json.loads(info_path.read_text())
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    model = create_model(info["model"], **{**info["config"], "pretrained": False})
+    model.load_state_dict(state["model"])
+    return info, model.eval()
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, parity_images: int = 4) -> Bundle:
+    """Fold, export, check parity against the unfolded PyTorch model, and write the bundle atomically."""
+    run_dir = Path(run_dir)
+    info, model = load_run(run_dir)
+    geometry = Geometry.from_dict(info["geometry"])
+    height, width = geometry.crop
+    deploy = UInt8Input(model.folded() if hasattr(model, "folded") else model, model.mean, model.std).eval()
+    reference = UInt8Input(model, model.mean, model.std).eval()
+    images = _parity_images(info, geometry, parity_images)
+
+    def fill(tmp: Path) -> None:
+        export_onnx(deploy, tmp / MODEL_FILE, height, width)
+        parity = check_parity(reference, tmp / MODEL_FILE, images)
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        shutil.copy2(run_dir / CHECKPOINT, tmp / CHECKPOINT)
+
+    with torch.no_grad():
+        raw_shape = list(deploy(torch.from_numpy(images[:1])).shape)
+    meta = {
+        "model": info["model"],
+        "config": info["config"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "color": "RGB", "height": height, "width": width},
+        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", *raw_shape[1:]]}],
+        "geometry": geometry.to_dict(),
+        "heatmap": info["heatmap"],
+        "calibration": info["calibration"],
+        "metrics": info.get("metrics"),
+        "versions": {"edge_ad": edge_ad.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        "engines": {},
+    }
+    return write_bundle(out, meta, fill, overwrite=overwrite)
+
+
+def _parity_images(info: dict, geometry: Geometry, count: int) -> np.ndarray:
+    """Real images of the training data when it is still there, else seeded noise."""
+    try:
+        data = MVTecDataset(info["data"], "test")
+        picks = np.linspace(0, len(data) - 1, count).astype(int)
+        return np.stack([prepare(data[int(i)]["image"], geometry) for i in picks])
+    except (ValueError, OSError):
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (count, *geometry.crop, 3), dtype=np.uint8)
