@@ -10,8 +10,10 @@ Departure from the paper (constructor flag `standardize`, on by default): the po
 standardized per dimension with the mean/std of the normal training images, computed once before
 training. The paper's noise level (std 0.015) was set for WRN-50's post-ReLU features; the offline
 EfficientNet-Lite0's stage outputs are linear projections with std ~5, next to which that noise is
-invisible and the discriminator collapses to D = 0 (loss stuck at 1.0, measured). With
-standardize=False and wide_resnet50_2 the model is the paper's.
+invisible and the discriminator collapses to D = 0 (loss stuck at 1.0, measured). In standardized
+units the default noise is 0.25: on the synthetic conveyor category, 150 steps of batch 8 at 224 px
+gave image/pixel AUROC 0.80/0.33 with noise 0.015, 0.85/0.95 with 0.1 and 0.905/0.993 with 0.25.
+With standardize=False (noise 0.015) and wide_resnet50_2 the model is the paper's.
 
 The pooling is a fixed linear map, so it is a 3x3 convolution with a constant weight. Adaptor and
 the discriminator's first Linear are linear too, so `folded()` composes pool -> adaptor -> Linear
@@ -45,10 +47,12 @@ class SimpleNet(nn.Module):
 
     def __init__(self, backbone: str = OFFLINE_BACKBONE, layers: tuple[int, int] = (2, 3), *,
                  embed_dim: int = 768, adaptor_bias: bool = True, disc_hidden: int = 1024,
-                 noise_std: float = 0.015, margin: float = 0.5, lr_disc: float = 2e-4,
+                 noise_std: float | None = None, margin: float = 0.5, lr_disc: float = 2e-4,
                  lr_adaptor: float = 1e-4, standardize: bool = True, image_size: int = 288,
                  resize_size: int = 329, pretrained: bool = True, weights: str | None = None) -> None:
         super().__init__()
+        if noise_std is None:
+            noise_std = 0.25 if standardize else 0.015
         self.config = dict(backbone=backbone, layers=tuple(layers), embed_dim=embed_dim,
                            adaptor_bias=adaptor_bias, disc_hidden=disc_hidden, noise_std=noise_std,
                            margin=margin, lr_disc=lr_disc, lr_adaptor=lr_adaptor, standardize=standardize,
