@@ -62,6 +62,7 @@ def test_training_separates_normal_from_noise() -> None:
     torch.manual_seed(1)
     net = SimpleNet("resnet18", pretrained=False, image_size=32, resize_size=32, embed_dim=32, disc_hidden=32)
     x = torch.randn(4, 3, 32, 32)
+    net.prepare_training([x])                       # feature statistics, as training runs it
     optims = net.optimizers()
     net.train()
     losses = []
@@ -73,5 +74,5 @@ def test_training_separates_normal_from_noise() -> None:
         for o in optims:
             o.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.85 * losses[0]   # measured 1.36 -> 1.01; frozen or detached heads stay flat
+    assert losses[-1] < 0.85 * losses[0]   # frozen or detached heads stay flat
     assert not net.backbone.training and all(not p.requires_grad for p in net.backbone.parameters())
