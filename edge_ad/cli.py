@@ -10,9 +10,53 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from edge_ad import demo
 
-    summary = demo.run(args.out, category=args.category, seed=args.seed)
+    summary = demo.run(args.out, seed=args.seed, epochs=args.epochs)
     print(json.dumps(summary, indent=2))
-    print(f"\noutputs: {args.out}/summary.json, {args.out}/overlays/, data in {args.out}/data/")
+    print(f"\noutputs in {args.out}/: summary.json, annotated.mp4, events.jsonl, bundle/, run/, data/")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from edge_ad.training.run import TrainConfig, train
+
+    kwargs = {"backbone": args.backbone, "image_size": args.image_size, "resize_size": args.resize_size,
+              "pretrained": False if args.no_pretrained else None}
+    result = train(TrainConfig(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
+                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
+                               model_kwargs=kwargs))
+    print(json.dumps(result, indent=2, default=str))
+    print(f"run: {args.out} (checkpoint.pt, run.json, metrics.json)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.bundle import export_run
+
+    bundle = export_run(args.run, args.out, overwrite=args.overwrite)
+    print(f"bundle: {bundle.path} ({', '.join(bundle.meta['files'])})")
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import edge_ad
+    from edge_ad.stream import EventsSink, VideoSink, WindowSink
+
+    detector = edge_ad.load(args.bundle, backend=args.backend)
+    sinks = []
+    if args.events:
+        sinks.append(EventsSink(args.events))
+    if args.video:
+        sinks.append(VideoSink(args.video, fps=args.fps))
+    if args.show and WindowSink.available():
+        sinks.append(WindowSink())
+    stream = detector.stream(args.source, sinks=sinks, max_frames=args.max_frames)
+    for item in stream:
+        if item.result.is_anomalous and args.verbose:
+            print(f"frame {item.frame.index}: ANOMALY score {item.result.normalized_score:.2f}")
+    summary = stream.summary()
+    print(json.dumps(summary, indent=2))
+    print(f"{summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 {summary['latency_ms_p50']:.1f} ms, "
+          f"p99 {summary['latency_ms_p99']:.1f} ms, {summary['corrupt']} corrupt, {summary['dropped']} dropped")
     return 0
 
 
@@ -38,17 +82,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on synthetic data")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--category", default="washer")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's budget)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    train = sub.add_parser("train", help="train a model on an MVTec-layout folder")
+    train.add_argument("--model", default="simplenet")
+    train.add_argument("--data", required=True, help="category folder with train/good and test/")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--epochs", type=int, default=160)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--backbone", default=None, help="timm name (default: the model's)")
+    train.add_argument("--image-size", type=int, default=None, help="crop size fed to the model")
+    train.add_argument("--resize-size", type=int, default=None, help="resize before the center crop")
+    train.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    train.set_defaults(func=_train)
+    export = sub.add_parser("export", help="turn a training run into a bundle (ONNX + meta.json)")
+    export.add_argument("run")
+    export.add_argument("--out", required=True)
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(func=_export)
+    stream = sub.add_parser("stream", help="run a bundle on a camera, video, URL or image folder")
+    stream.add_argument("bundle")
+    stream.add_argument("--source", required=True, help="camera index, video file, image folder or rtsp/http URL")
+    stream.add_argument("--backend", default="auto")
+    stream.add_argument("--events", help="JSON Lines file of anomalous frames")
+    stream.add_argument("--video", help="annotated video file to write")
+    stream.add_argument("--fps", type=float, default=15.0, help="frame rate of the annotated video")
+    stream.add_argument("--show", action="store_true", help="open a window when a display exists")
+    stream.add_argument("--max-frames", type=int, default=None)
+    stream.add_argument("--verbose", action="store_true")
+    stream.set_defaults(func=_stream)
     info = sub.add_parser("info", help="what this installation can use (kernels, GPUs, runtimes)")
     info.set_defaults(func=_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; errors the user can act on print one line and exit with status 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, ConnectionError, FileNotFoundError, IOError) as err:
+        print(f"edge-ad {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -36,13 +36,15 @@ class Detector:
     def model_name(self) -> str:
         return self.bundle.model_name
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Result | list[Result]:
-        """One image -> one Result; a list of images -> a list of Results (one batched inference)."""
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], *, color: str | None = None) -> Result | list[Result]:
+        """One image -> one Result; a list of images -> a list of Results (one batched inference).
+        `color` overrides the detector's channel order for this call."""
         single = isinstance(images, np.ndarray)
         batch = [images] if single else list(images)
         if not batch:
             return []
-        rgb = [to_rgb_uint8(im, bgr=self.color == "BGR") for im in batch]
+        bgr = (color or self.color) == "BGR"
+        rgb = [to_rgb_uint8(im, bgr=bgr) for im in batch]
         raw = self.infer(np.stack([prepare(im, self.geometry) for im in rgb]))
         results = self.postprocess(raw, [im.shape[:2] for im in rgb])
         return results[0] if single else results
@@ -62,11 +64,11 @@ class Detector:
                        geometry=self.geometry, pixel_norm=self.pixel_norm, pixel_threshold=self.pixel_threshold)
                 for m, score, size in zip(maps, scores, sizes)]
 
-    def stream(self, source, **kwargs) -> Iterator:
-        """Results of a camera index, video file, URL or image folder: see edge_ad.stream.run."""
-        from edge_ad.stream import run
+    def stream(self, source, **kwargs):
+        """An iterable Stream of results from a camera index, video file, URL or image folder."""
+        from edge_ad.stream import Stream
 
-        return run(self, source, **kwargs)
+        return Stream(self, source, **kwargs)
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
