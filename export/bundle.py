@@ -43,29 +43,38 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     run_dir = Path(run_dir)
     info, model = load_run(run_dir)
     geometry = Geometry.from_dict(info["geometry"])
+    return export_model(model, out, name=info["model"], geometry=geometry, calibration=info["calibration"],
+                        images=_parity_images(info, geometry, parity_images), checkpoint=run_dir / CHECKPOINT,
+                        metrics=info.get("metrics"), overwrite=overwrite)
+
+
+def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
+                 images: np.ndarray, checkpoint: Path | None = None, metrics: dict | None = None,
+                 overwrite: bool = False) -> Bundle:
+    """Write the bundle of an in-memory model: ONNX (folded when the model can fold) + meta.json."""
     height, width = geometry.crop
     deploy = UInt8Input(model.folded() if hasattr(model, "folded") else model, model.mean, model.std).eval()
     reference = UInt8Input(model, model.mean, model.std).eval()
-    images = _parity_images(info, geometry, parity_images)
 
     def fill(tmp: Path) -> None:
         export_onnx(deploy, tmp / MODEL_FILE, height, width)
         parity = check_parity(reference, tmp / MODEL_FILE, images)
         (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-        shutil.copy2(run_dir / CHECKPOINT, tmp / CHECKPOINT)
+        if checkpoint is not None:
+            shutil.copy2(checkpoint, tmp / CHECKPOINT)
 
     with torch.no_grad():
         raw_shape = list(deploy(torch.from_numpy(images[:1])).shape)
     meta = {
-        "model": info["model"],
-        "config": info["config"],
+        "model": name,
+        "config": model.config,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "color": "RGB", "height": height, "width": width},
         "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", *raw_shape[1:]]}],
         "geometry": geometry.to_dict(),
-        "heatmap": info["heatmap"],
-        "calibration": info["calibration"],
-        "metrics": info.get("metrics"),
+        "heatmap": model.heatmap_spec()._asdict(),
+        "calibration": calibration,
+        "metrics": metrics,
         "versions": {"edge_ad": edge_ad.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
         "engines": {},

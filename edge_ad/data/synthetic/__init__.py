@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import tempfile
+
 import cv2
 import numpy as np
 
@@ -48,9 +50,31 @@ def _write_split(folder: Path, category: Category, seed: list[int], count: int, 
         masks.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         image, mask = render(category, [*seed, i], defect)
-        _imwrite(folder / f"{i:03d}.png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        if category.kind == "conveyor":
+            bgr = camera_roundtrip(bgr)
+        _imwrite(folder / f"{i:03d}.png", bgr)
         if masks is not None:
             _imwrite(masks / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+
+
+def camera_roundtrip(bgr: np.ndarray, codec: str = "mp4v") -> np.ndarray:
+    """The image as the conveyor video delivers frames: through OpenCV's video encode and decode.
+
+    The round trip shifts levels by a few grey values (measured: 60 -> 57); images of a category meant
+    to match the video must be captured the same way, as a real line's training images come from its
+    own camera.
+    """
+    h, w = bgr.shape[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/frame.mp4"
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), 15, (w, h))
+        writer.write(bgr)
+        writer.release()
+        ok, frame = cv2.VideoCapture(path).read()
+    if not ok:
+        raise RuntimeError(f"OpenCV could not round-trip a frame through codec {codec!r}")
+    return frame
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:

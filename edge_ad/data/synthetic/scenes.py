@@ -16,6 +16,7 @@ from edge_ad.data.synthetic.objects import OBJECTS, belt
 from edge_ad.data.synthetic.textures import TEXTURES, hole_backdrop
 
 MIN_DEFECT_PIXELS = 30
+MIN_PIXELS = {"deformation": 120}   # a dent must change a visible area, not a one-pixel sliver
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ CATEGORIES = {
     "tiles": Category("tiles", "texture", (256, 256), tuple(D.TEXTURE_DEFECTS)),
     "washer": Category("washer", "object", (256, 256), tuple(D.OBJECT_DEFECTS)),
     "capsule": Category("capsule", "object", (256, 256), tuple(D.OBJECT_DEFECTS)),
-    # Washers passing on a belt, framed like the conveyor video (see video.py).
+    # Washers passing on a belt, framed like the conveyor video (see video.py); make_category passes
+    # its images through the video codec, as frames of that video come.
     "conveyor": Category("conveyor", "conveyor", (320, 240), tuple(D.OBJECT_DEFECTS)),
 }
 
@@ -68,7 +70,7 @@ def render(category: Category, seed: int | list[int], defect: str | None = None)
         mask = np.zeros((h, w), bool)
         for layer, (top, left) in zip(layers, origins):
             paste(frame, mask, layer, top, left)
-        if defect is None or mask.sum() >= MIN_DEFECT_PIXELS:
+        if defect is None or mask.sum() >= MIN_PIXELS.get(defect, MIN_DEFECT_PIXELS):
             return finish(frame, noise), mask
     raise RuntimeError(f"could not place a visible {defect!r} defect in {category.name!r} (seed {seed})")
 

@@ -1,0 +1,168 @@
+"""Frames per second of each model x backend x batch size, beside the papers' timings.
+
+Modes:
+- model:  the backend alone on a prepared uint8 batch (what the papers time);
+- stream: end to end, decoded BGR camera frames in (640 x 480), Result objects out: resize + crop,
+  inference, the heatmap kernel and the calibrated decision.
+Backends: torch (PyTorch eager FP32 on the model as specified: the papers' setting), torch-folded
+(eager on the folded graph that the bundle holds), onnxruntime (the bundle), tensorrt (when present).
+Timings are medians of --iters timed calls after --warmup untimed ones; FPS = batch / median.
+
+    python benchmarks/fps.py --models simplenet --json benchmarks/results/fps-cpu.json
+    python benchmarks/fps.py --bundle runs/demo/bundle          # time an exported bundle
+
+Without --bundle each model is built at its default configuration (untrained heads, pretrained
+backbone; weights do not change the timing) and exported to a temporary bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import cpu_name, environment, write_json
+from papers import PAPERS
+
+FRAME = (480, 640)
+
+
+class TorchBackend:
+    """A Detector backend running a PyTorch module (eager, FP32, no grad) on uint8 NHWC batches."""
+
+    def __init__(self, module) -> None:
+        import torch
+
+        self.torch = torch
+        self.module = module.eval()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.module(self.torch.from_numpy(batch)).numpy()
+
+
+def build_bundle(name: str, out: Path, image_size: int | None):
+    """A default-configured model of `name` and its exported bundle."""
+    import torch
+
+    from edge_ad.models import create_model
+    from edge_ad.runtime.preprocess import Geometry
+    from export.bundle import export_model
+
+    torch.manual_seed(0)
+    model = create_model(name, image_size=image_size, resize_size=None if image_size is None else image_size * 8 // 7).eval()
+    size, resize = model.config["image_size"], model.config["resize_size"]
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    calibration = {"image_threshold": 1.0, "image_norm": [0.0, 2.0], "pixel_threshold": 1.0, "pixel_norm": [0.0, 2.0],
+                   "normal_images": 0, "note": "uncalibrated: timing only"}
+    bundle = export_model(model, out / name, name=name, geometry=Geometry((resize, resize), (size, size)),
+                          calibration=calibration, images=images)
+    return model, bundle
+
+
+def load_bundle_model(bundle_path: Path):
+    import torch
+
+    from edge_ad.bundle import read_bundle
+    from edge_ad.models import create_model
+
+    bundle = read_bundle(bundle_path)
+    model = create_model(bundle.model_name, **{**bundle.meta["config"], "pretrained": False})
+    state = torch.load(bundle.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.eval(), bundle
+
+
+def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: int, warmup: int) -> list[dict]:
+    h, w = detector.geometry.crop
+    rng = np.random.default_rng(0)
+    prepared = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(batch)]
+    rows = []
+    for mode, call in (("model", lambda: detector.infer(prepared)), ("stream", lambda: detector.predict(frames))):
+        for _ in range(warmup):
+            call()
+        samples = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - start) * 1e3)
+        samples.sort()
+        median = statistics.median(samples)
+        rows.append({"model": model_name, "backend": backend_name, "precision": "fp32", "batch": batch,
+                     "fps": batch * 1e3 / median, "latency_ms_p50": median,
+                     "latency_ms_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))],
+                     "mode": mode, "input": f"{h}x{w}" if mode == "model" else f"{FRAME[0]}x{FRAME[1]} BGR frames"})
+    return rows
+
+
+def backends_for(model, bundle, wanted: list[str]):
+    from edge_ad.runtime import Detector, load
+    from edge_ad.training.adapter import UInt8Input
+
+    for name in wanted:
+        if name == "torch":
+            yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std)))
+        elif name == "torch-folded":
+            yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std)))
+        elif name == "onnxruntime":
+            yield name, load(bundle.path, backend="onnxruntime")
+        elif name == "tensorrt":
+            print("tensorrt: not available in this edge_ad yet / not installed here; skipped", file=sys.stderr)
+        else:
+            raise SystemExit(f"unknown backend {name!r}")
+
+
+def print_table(rows: list[dict], device: str) -> None:
+    print(f"\ndevice: {device}")
+    print(f"{'model':10s} {'backend':13s} {'mode':6s} {'batch':>5s} {'FPS':>8s} {'p50 ms':>8s} {'p99 ms':>8s}  vs paper")
+    for r in rows:
+        paper = PAPERS.get(r["model"])
+        ratio = f"{r['fps'] / paper['fps']:.2f}x of {paper['fps']:.0f} FPS ({paper['hardware']})" if paper else "-"
+        print(f"{r['model']:10s} {r['backend']:13s} {r['mode']:6s} {r['batch']:5d} {r['fps']:8.1f} "
+              f"{r['latency_ms_p50']:8.2f} {r['latency_ms_p99']:8.2f}  {ratio}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="simplenet")
+    parser.add_argument("--backends", default="torch,torch-folded,onnxruntime,tensorrt")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--image-size", type=int, default=None, help="crop size (default: the model's)")
+    parser.add_argument("--bundle", help="time this exported bundle instead of building models")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", help="write {'device', 'rows'} here")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    batches = [int(b) for b in args.batches.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.bundle:
+            targets = [load_bundle_model(Path(args.bundle))]
+        else:
+            targets = [build_bundle(m.strip(), Path(tmp), args.image_size) for m in args.models.split(",")]
+        for model, bundle in targets:
+            for backend_name, detector in backends_for(model, bundle, backends):
+                for batch in batches:
+                    rows += time_rows(bundle.model_name, detector, backend_name, batch, args.iters, args.warmup)
+                    print(f"{bundle.model_name} {backend_name} batch {batch}: "
+                          f"{rows[-2]['fps']:.1f} FPS model, {rows[-1]['fps']:.1f} FPS stream", flush=True)
+    device = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+    print_table(rows, device)
+    if args.json:
+        write_json(args.json, {"device": device, "environment": environment(("edge_ad", "torch", "onnxruntime", "opencv-python", "timm")),
+                               "papers": PAPERS, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
