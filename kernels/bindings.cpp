@@ -47,7 +47,7 @@ void require_contiguous(const py::array& a, const char* name) {
 HeatmapParams make_params(int n, int h, int w, int out_h, int out_w, const std::string& smooth,
                           double sigma, int window, bool align_corners, bool score_from_raw,
                           std::optional<float> norm_min, std::optional<float> norm_max,
-                          std::optional<float> threshold) {
+                          std::optional<float> threshold, int threads = 0) {
   HeatmapParams p;
   p.n = n; p.in_h = h; p.in_w = w; p.out_h = out_h; p.out_w = out_w;
   p.smooth = parse_smooth(smooth);
@@ -60,6 +60,8 @@ HeatmapParams make_params(int n, int h, int w, int out_h, int out_w, const std::
   }
   if (norm_min) { p.normalize = true; p.norm_min = *norm_min; p.norm_max = *norm_max; }
   if (threshold) { p.has_threshold = true; p.threshold = *threshold; }
+  if (threads < 0) throw py::value_error("threads must be >= 0 (0: OpenMP's default)");
+  p.threads = threads;
   validate(p);
   return p;
 }
@@ -67,7 +69,7 @@ HeatmapParams make_params(int n, int h, int w, int out_h, int out_w, const std::
 py::tuple heatmap_numpy(const py::array& raw, int out_h, int out_w, const std::string& smooth,
                         double sigma, int window, bool align_corners, bool score_from_raw,
                         std::optional<float> norm_min, std::optional<float> norm_max,
-                        std::optional<float> threshold) {
+                        std::optional<float> threshold, int threads) {
   const DType dtype = array_dtype(raw, "raw");
   if (raw.ndim() != 3) {
     throw py::value_error("raw must have shape (N, h, w), got " + std::to_string(raw.ndim()) +
@@ -77,7 +79,7 @@ py::tuple heatmap_numpy(const py::array& raw, int out_h, int out_w, const std::s
   const HeatmapParams p = make_params(static_cast<int>(raw.shape(0)), static_cast<int>(raw.shape(1)),
                                       static_cast<int>(raw.shape(2)), out_h, out_w, smooth, sigma,
                                       window, align_corners, score_from_raw, norm_min, norm_max,
-                                      threshold);
+                                      threshold, threads);
   py::array_t<float> maps({p.n, p.out_h, p.out_w});
   py::array_t<float> scores({p.n});
   py::object masks = py::none();
@@ -159,7 +161,7 @@ PYBIND11_MODULE(_kernels, m) {
         py::kw_only(), py::arg("smooth") = "gaussian", py::arg("sigma") = 4.0,
         py::arg("window") = 0, py::arg("align_corners") = false,
         py::arg("score_from_raw") = false, py::arg("norm_min") = py::none(),
-        py::arg("norm_max") = py::none(), py::arg("threshold") = py::none(),
+        py::arg("norm_max") = py::none(), py::arg("threshold") = py::none(), py::arg("threads") = 0,
         "Full-size maps, image scores and masks (None without threshold) from N x h x w raw maps.");
   m.def("ddim_step_cpu", &ddim_numpy, py::arg("x_t"), py::arg("eps"), py::arg("alpha_bar_t"),
         py::arg("alpha_bar_prev"), py::kw_only(), py::arg("clamp") = py::none(),

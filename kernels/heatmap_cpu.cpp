@@ -5,6 +5,10 @@
 #include <limits>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "heatmap_tables.h"
 #include "kernels.h"
 
@@ -77,15 +81,21 @@ void heatmap_cpu(const void* raw, DType dtype, const HeatmapParams& p, float* ma
   const size_t t_size = static_cast<size_t>(p.in_h) * p.out_w;
   std::vector<float> a(in_size * p.n), t(t_size * p.n);
   std::vector<float> row_max(static_cast<size_t>(p.n) * p.out_h);
+#ifdef _OPENMP
+  const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
+#else
+  const int threads = 1;
+#endif
+  (void)threads;
 
-#pragma omp parallel for schedule(static) if (p.n > 1)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && p.n > 1)
   for (int n = 0; n < p.n; ++n) {
     load_as_float(raw, dtype, n * in_size, in_size, &a[n * in_size]);
     horizontal_pass(&a[n * in_size], p.in_h, p.in_w, tx, p.out_w, &t[n * t_size]);
   }
 
   const int rows = p.n * p.out_h;
-#pragma omp parallel for schedule(static) if (out_size * p.n >= (1u << 14))
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && out_size * p.n >= (1u << 14))
   for (int r = 0; r < rows; ++r) {
     const int n = r / p.out_h, y = r % p.out_h;
     const float* tn = &t[n * t_size] + static_cast<size_t>(ty.lo[y]) * p.out_w;

@@ -23,6 +23,7 @@ struct HeatmapParams {
   float norm_min = 0.f, norm_max = 1.f;
   bool has_threshold = false;       // mask = final map >= threshold
   float threshold = 0.f;
+  int threads = 0;                  // CPU: OpenMP threads (0 = OpenMP's default; 1 = none started)
 };
 
 // Throws std::invalid_argument with a message that says what to change.

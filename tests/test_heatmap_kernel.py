@@ -152,3 +152,13 @@ def test_cuda_bad_input_raises() -> None:
         heatmap(torch.zeros((1, 28, 28), dtype=torch.float64, device="cuda"), 224)
     with pytest.raises(ValueError, match="sigma"):
         heatmap(torch.zeros((1, 28, 28), device="cuda"), 224, sigma=-2.0)
+
+
+def test_thread_count_does_not_change_results() -> None:
+    raw = np.random.default_rng(6).standard_normal((4, 36, 36)).astype(np.float32)
+    maps_1, scores_1 = heatmap(raw, 288, threads=1)
+    maps_n, scores_n = heatmap(raw, 288, threads=0)
+    np.testing.assert_array_equal(maps_1, maps_n)
+    np.testing.assert_array_equal(scores_1, scores_n)
+    with pytest.raises(ValueError, match="threads"):
+        heatmap(raw, 288, threads=-1)

@@ -57,7 +57,7 @@ class Detector:
         s = self.spec
         maps, scores = heatmap(np.ascontiguousarray(raw, dtype=np.float32), tuple(s["output_size"]),
                                smooth=s["smooth"], sigma=s["sigma"], window=s["window"],
-                               align_corners=s["align_corners"], score_from=s["score_from"])
+                               align_corners=s["align_corners"], score_from=s["score_from"], threads=1)
         lo, hi = self.image_norm
         return [Result(score=float(score), normalized_score=float(np.clip((score - lo) / (hi - lo), 0.0, 1.0)),
                        is_anomalous=bool(score > self.threshold), crop_map=m, image_size=size,

@@ -27,13 +27,18 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, *, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, *, device: str = "auto", threads: int | None = None,
+                 spinning: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # ORT's worker threads otherwise keep spinning after run() returns and starve the host-side
+        # work that follows (resize, the heatmap kernel's OpenMP threads): on 2 cores that halved the
+        # end-to-end frame rate (measured 50 -> see benchmarks/results/fps-cpu.json).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda" or (device == "auto" and gpu_present()):
             if "CUDAExecutionProvider" in ort.get_available_providers():
