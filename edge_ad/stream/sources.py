@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 import threading
 import time
 from collections import deque
@@ -50,7 +51,7 @@ class SourceStats:
     errors: list[str] = field(default_factory=list)
 
 
-class Source:
+class Source(ABC):
     """Base: a reader thread fills a buffer; `get()` hands frames to the pipeline."""
 
     live = False
@@ -125,8 +126,9 @@ class Source:
     def _open(self) -> None:
         """Open the device/file; raise ConnectionError/FileNotFoundError with a clear message."""
 
+    @abstractmethod
     def _read_loop(self) -> None:
-        raise NotImplementedError
+        """Read frames until the end or until stopped, handing each to _put()."""
 
     def _release(self) -> None:
         pass
