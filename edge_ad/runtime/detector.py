@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -81,13 +81,3 @@ class Detector:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def predict_many(detector: Detector, images: Iterable[np.ndarray], batch_size: int = 8) -> list[Result]:
-    """Results for any number of images, in batches."""
-    out, chunk = [], []
-    for image in images:
-        chunk.append(image)
-        if len(chunk) == batch_size:
-            out += detector.predict(chunk)
-            chunk = []
-    return out + (detector.predict(chunk) if chunk else [])

@@ -1,4 +1,7 @@
-"""ONNX Runtime backend: the CPU provider everywhere, the CUDA provider when it really works."""
+"""ONNX Runtime backend: the CPU provider everywhere, the CUDA provider when a CUDA device is present.
+
+The CUDA-provider path is unverified: no GPU has run it yet (it is only chosen when a device exists,
+and the session's active providers are checked, not the advertised ones)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ class OrtBackend:
             options.intra_op_num_threads = threads
         # ORT's worker threads otherwise keep spinning after run() returns and starve the host-side
         # work that follows (resize, the heatmap kernel's OpenMP threads): on 2 cores that halved the
-        # end-to-end frame rate (measured 50 -> see benchmarks/results/fps-cpu.json).
+        # end-to-end frame rate of SimpleNet at 288 px (measured 50 -> 74 FPS, benchmarks/results/fps-cpu.json).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda" or (device == "auto" and gpu_present()):

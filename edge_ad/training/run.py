@@ -37,17 +37,6 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)   # backbone, image_size, resize_size, pretrained, ...
 
 
-class _Inputs(torch.nn.Module):
-    """The model's normalization, as UInt8Input applies it, so evaluation runs on uint8 batches."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.wrapped = UInt8Input(model, model.mean, model.std)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.wrapped(images)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train, calibrate and evaluate; writes RUN/checkpoint.pt, RUN/run.json and RUN/metrics.json."""
     start = time.perf_counter()
@@ -58,7 +47,7 @@ def train(cfg: TrainConfig) -> dict:
     size, resize = model.config["image_size"], model.config["resize_size"]
     geometry = Geometry((resize, resize), (size, size))
     train_idx, val_idx = split_train_val(len(train_set), cfg.val_fraction, cfg.seed)
-    wrapped = _Inputs(model).to(cfg.device)
+    wrapped = UInt8Input(model, model.mean, model.std).to(cfg.device)   # the export's own pre-processing
     run_info = {"model": cfg.model, "config": model.config, "geometry": geometry.to_dict(),
                 "heatmap": model.heatmap_spec()._asdict(), "data": str(Path(cfg.data).resolve()),
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
@@ -66,9 +55,9 @@ def train(cfg: TrainConfig) -> dict:
                 "torch": torch.__version__}
     train_data = loader(Prepared(train_set, geometry, train_idx), cfg.batch_size, shuffle=True, seed=cfg.seed)
     if not cfg.resume and hasattr(model, "prepare_training"):   # e.g. SimpleNet's feature statistics
-        model.prepare_training(wrapped.wrapped.normalize(b["image"].to(cfg.device)) for b in train_data)
+        model.prepare_training(wrapped.normalize(b["image"].to(cfg.device)) for b in train_data)
     losses = fit(model, train_data,
-                 wrapped.wrapped.normalize, epochs=cfg.epochs, run_dir=run_dir, device=cfg.device,
+                 wrapped.normalize, epochs=cfg.epochs, run_dir=run_dir, device=cfg.device,
                  resume=cfg.resume, extra={"model_name": cfg.model, "config": model.config})
     spec = model.heatmap_spec()
     val = predict(wrapped, loader(Prepared(train_set, geometry, val_idx), cfg.batch_size, shuffle=False), spec, cfg.device)
