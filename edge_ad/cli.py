@@ -23,9 +23,18 @@ def _train(args: argparse.Namespace) -> int:
               "pretrained": False if args.no_pretrained else None}
     result = train(TrainConfig(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                                batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                               model_kwargs=kwargs))
+                               budget=args.budget, model_kwargs=kwargs))
     print(json.dumps(result, indent=2, default=str))
     print(f"run: {args.out} (checkpoint.pt, run.json, metrics.json)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from edge_ad.training.report import evaluate_run
+
+    report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device)
+    print(json.dumps(report, indent=2, default=str))
+    print(f"written: {report['written']}")
     return 0
 
 
@@ -78,6 +87,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
+
     parser = argparse.ArgumentParser(prog="edge-ad", description="Visual anomaly detection for factory lines.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on synthetic data")
@@ -86,11 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", help="train a model on an MVTec-layout folder")
-    train.add_argument("--model", default="simplenet")
-    train.add_argument("--data", required=True, help="category folder with train/good and test/")
+    train.add_argument("--model", default="simplenet", help=f"one of: {', '.join(list_models())}")
+    train.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                       help="category folder(s) with train/good and test/; several train one unified model")
     train.add_argument("--out", required=True, help="run folder")
-    train.add_argument("--epochs", type=int, default=160)
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--budget", choices=BUDGETS, default="paper",
+                       help="default epochs/batch/size: the paper's, or the short CPU budget")
+    train.add_argument("--epochs", type=int, default=None, help="default: the budget's")
+    train.add_argument("--batch-size", type=int, default=None, help="default: the budget's")
     train.add_argument("--backbone", default=None, help="timm name (default: the model's)")
     train.add_argument("--image-size", type=int, default=None, help="crop size fed to the model")
     train.add_argument("--resize-size", type=int, default=None, help="resize before the center crop")
@@ -99,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     train.set_defaults(func=_train)
+    evaluate = sub.add_parser("eval", help="metrics of a training run, per localization mode")
+    evaluate.add_argument("run", help="run folder written by `edge-ad train`")
+    evaluate.add_argument("--data", nargs="+", metavar="DIR", help="test on these folders (default: the run's)")
+    evaluate.add_argument("--modes", nargs="+", help="localization modes (default: all the model has)")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(func=_eval)
     export = sub.add_parser("export", help="turn a training run into a bundle (ONNX + meta.json)")
     export.add_argument("run")
     export.add_argument("--out", required=True)

@@ -18,24 +18,12 @@ from edge_ad.data import MVTecDataset
 from edge_ad.models import create_model
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.training.adapter import UInt8Input
-from edge_ad.training.fit import CHECKPOINT, load_checkpoint
-from edge_ad.training.run import RUN_FILE
+from edge_ad.training.fit import CHECKPOINT
+from edge_ad.training.run import load_run
 from export.onnx import INPUT, OPSET, OUTPUT, export_onnx
 from export.parity import check_parity
 
 MODEL_FILE = "model.onnx"
-
-
-def load_run(run_dir: Path) -> tuple[dict, torch.nn.Module]:
-    """The run's description and its trained model (eval mode, weights from the checkpoint)."""
-    info_path = run_dir / RUN_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training run ({RUN_FILE} missing); run `edge-ad train` first")
-    info = json.loads(info_path.read_text())
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    model = create_model(info["model"], **{**info["config"], "pretrained": False})
-    model.load_state_dict(state["model"])
-    return info, model.eval()
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, parity_images: int = 4) -> Bundle:
@@ -85,7 +73,8 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
 def _parity_images(info: dict, geometry: Geometry, count: int) -> np.ndarray:
     """Real images of the training data when it is still there, else seeded noise."""
     try:
-        data = MVTecDataset(info["data"], "test")
+        folder = info["data"] if isinstance(info["data"], str) else info["data"][0]
+        data = MVTecDataset(folder, "test")
         picks = np.linspace(0, len(data) - 1, count).astype(int)
         return np.stack([prepare(data[int(i)]["image"], geometry) for i in picks])
     except (ValueError, OSError):

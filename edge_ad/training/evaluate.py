@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -11,15 +13,26 @@ from edge_ad.metrics import aupro, image_auroc, pixel_auroc
 from edge_ad.postprocess import HeatmapSpec, heatmap
 
 
-@torch.no_grad()
 def predict(model: nn.Module, data: DataLoader, spec: HeatmapSpec, device: str) -> dict:
-    """Image scores, full-size maps (at the crop size), labels and masks (None without ground truth)."""
+    """Image scores, full-size maps (at the crop size), labels and masks (None without ground truth),
+    as every runtime computes them: the model's raw map through the heatmap kernel."""
     model.eval()
+
+    @torch.no_grad()
+    def run(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        raw = model(images).float().cpu().numpy()
+        return heatmap(np.ascontiguousarray(raw), spec.output_size, smooth=spec.smooth, sigma=spec.sigma,
+                       window=spec.window, align_corners=spec.align_corners, score_from=spec.score_from)
+
+    return predict_with(run, data, device)
+
+
+def predict_with(run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], data: DataLoader,
+                 device: str) -> dict:
+    """As `predict`, with any function of a uint8 batch that returns (maps N x H x W, scores N)."""
     scores, maps, labels, masks = [], [], [], []
     for batch in data:
-        raw = model(batch["image"].to(device)).float().cpu().numpy()
-        m, s = heatmap(np.ascontiguousarray(raw), spec.output_size, smooth=spec.smooth, sigma=spec.sigma,
-                       window=spec.window, align_corners=spec.align_corners, score_from=spec.score_from)
+        m, s = run(batch["image"].to(device))
         scores.append(s)
         maps.append(m)
         labels.append(batch["label"].numpy())

@@ -33,8 +33,9 @@ def load_checkpoint(path: Path) -> dict:
 
 def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
         run_dir: Path, device: str, resume: bool = False, extra: dict | None = None) -> list[float]:
-    """Train `model` (it provides training_loss(x) and optimizers()) on batches turned into model
-    input by `inputs` (the export's own UInt8Input.normalize); returns the loss of each epoch run."""
+    """Train `model` (it provides training_loss(x) and optimizers(), optionally max_grad_norm) on
+    batches turned into model input by `inputs` (the export's own UInt8Input.normalize); returns the
+    loss of each epoch run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     optimizers = model.optimizers()
     start = 0
@@ -45,6 +46,8 @@ def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], tor
             opt.load_state_dict(opt_state)
         start = int(state["epoch"])
         print(f"resuming after epoch {start} of {epochs}")
+    clip = getattr(model, "max_grad_norm", None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     losses = []
     for epoch in range(start, epochs):
         model.train()
@@ -56,6 +59,8 @@ def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], tor
                 opt.zero_grad(set_to_none=True)
             loss = model.training_loss(inputs(images))
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(trainable, clip)
             for opt in optimizers:
                 opt.step()
             total += float(loss.detach()) * len(images)
