@@ -13,6 +13,7 @@ carries the paper's `gradient` localization measured on the same images (`edge-a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -42,9 +43,8 @@ def run_model(name: str, folders: list[Path], work: Path) -> dict:
             report = evaluate_run(run, modes=["gradient"])
             extra.setdefault("gradient_mode", {}).update(report["modes"]["gradient"])
     entry = {key: _mean([m[key] for m in per.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
-    size = defaults.get("model_kwargs", {}).get("image_size")
-    entry["budget"] = (f"{defaults['epochs']} epochs, batch {defaults['batch_size']}"
-                       + (f", {size} px" if size else ", the paper's input size") + ", CPU"
+    size = json.loads((run / "run.json").read_text())["config"]["image_size"]
+    entry["budget"] = (f"{defaults['epochs']} epochs, batch {defaults['batch_size']}, {size} px, CPU"
                        + (", one model for all categories" if name in UNIFIED else ", one model per category"))
     entry["categories"] = {c: {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")} for c, m in per.items()}
     if extra:
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="simplenet,mkd,uniad")
     parser.add_argument("--categories", default=DEFAULT_CATEGORIES)
     parser.add_argument("--work", default="runs/accuracy", help="data and runs go here")
-    parser.add_argument("--json", help="write {model: {image_auroc, pixel_auroc, aupro, budget, ...}} here")
+    parser.add_argument("--json", help="{model: {image_auroc, pixel_auroc, aupro, budget, ...}}: the models run "
+                                       "here replace their entries, others are kept")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")      # the offline backbone; never wait on a hub
     from edge_ad.data.synthetic import Counts, make_category
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     folders = [make_category(work / "data", c, counts=Counts(train=40, test_good=15, test_per_defect=6), seed=0)
                for c in args.categories.split(",")]
-    results = {}
+    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     machine = f"CPU: {cpu_name()}, {os.cpu_count()} cores"
     for name in args.models.split(","):
         results[name] = run_model(name, folders, work)

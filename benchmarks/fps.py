@@ -12,7 +12,10 @@ Timings are medians of --iters timed calls after --warmup untimed ones; FPS = ba
     python benchmarks/fps.py --bundle runs/demo/bundle          # time an exported bundle
 
 Without --bundle each model is built at its default configuration (untrained heads, pretrained
-backbone; weights do not change the timing) and exported to a temporary bundle.
+backbone; weights do not change the timing) and exported to a temporary bundle. MKD and UniAD ask for
+their papers' networks (VGG-16, EfficientNet-B4) and fall back to the offline EfficientNet-Lite0 when
+those weights cannot be had; the table's backbone column says which one was timed. torch-folded applies
+only to models that fold (SimpleNet).
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def load_bundle_model(bundle_path: Path):
     return model.eval(), bundle
 
 
+def backbone_of(model) -> str:
+    config = model.config
+    return config.get("backbone") or config.get("source") or "?"
+
+
 def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: int, warmup: int) -> list[dict]:
     h, w = detector.geometry.crop
     rng = np.random.default_rng(0)
@@ -109,7 +117,8 @@ def backends_for(model, bundle, wanted: list[str]):
         if name == "torch":
             yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std)))
         elif name == "torch-folded":
-            yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std)))
+            if hasattr(model, "folded"):
+                yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std)))
         elif name == "onnxruntime":
             yield name, load(bundle.path, backend="onnxruntime")
         elif name == "tensorrt":
@@ -120,11 +129,12 @@ def backends_for(model, bundle, wanted: list[str]):
 
 def print_table(rows: list[dict], device: str) -> None:
     print(f"\ndevice: {device}")
-    print(f"{'model':10s} {'backend':13s} {'mode':6s} {'batch':>5s} {'FPS':>8s} {'p50 ms':>8s} {'p99 ms':>8s}  vs paper")
+    print(f"{'model':10s} {'backbone':22s} {'size':>4s} {'backend':13s} {'mode':6s} {'batch':>5s} {'FPS':>8s} "
+          f"{'p50 ms':>8s} {'p99 ms':>8s}  vs paper")
     for r in rows:
         paper = PAPERS.get(r["model"])
         ratio = f"{r['fps'] / paper['fps']:.2f}x of {paper['fps']:.0f} FPS ({paper['hardware']})" if paper else "-"
-        print(f"{r['model']:10s} {r['backend']:13s} {r['mode']:6s} {r['batch']:5d} {r['fps']:8.1f} "
+        print(f"{r['model']:10s} {r['backbone']:22s} {r['input_size']:4d} {r['backend']:13s} {r['mode']:6s} {r['batch']:5d} {r['fps']:8.1f} "
               f"{r['latency_ms_p50']:8.2f} {r['latency_ms_p99']:8.2f}  {ratio}")
 
 
@@ -153,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         for model, bundle in targets:
             for backend_name, detector in backends_for(model, bundle, backends):
                 for batch in batches:
-                    rows += time_rows(bundle.model_name, detector, backend_name, batch, args.iters, args.warmup)
+                    new = time_rows(bundle.model_name, detector, backend_name, batch, args.iters, args.warmup)
+                    for row in new:
+                        row.update(backbone=backbone_of(model), input_size=model.config["image_size"])
+                    rows += new
                     print(f"{bundle.model_name} {backend_name} batch {batch}: "
                           f"{rows[-2]['fps']:.1f} FPS model, {rows[-1]['fps']:.1f} FPS stream", flush=True)
     device = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"

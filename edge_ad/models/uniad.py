@@ -89,9 +89,9 @@ class UniAD(nn.Module):
 
     DEFAULTS = {
         "paper": {"epochs": 1000, "batch_size": 8},          # the paper trains 1000 epochs
-        # 40 epochs at lr 5e-4: the paper's 1e-4 is for 1000 epochs; on the washer category 30 epochs at
-        # 5e-4 reached image AUROC 0.86 (measured), the loss still falling
-        "cpu": {"epochs": 40, "batch_size": 8, "model_kwargs": {"lr": 5e-4}},
+        # lr 5e-4: the paper's 1e-4 is for 1000 epochs. Measured, unified on weave+washer+conveyor: 40 epochs
+        # gave mean image AUROC 0.849 with the loss still falling, hence 60
+        "cpu": {"epochs": 60, "batch_size": 8, "model_kwargs": {"lr": 5e-4}},
     }
 
     def __init__(self, backbone: str = "efficientnet_b4", *, hidden_dim: int = 256, encoder_layers: int = 4,
