@@ -42,13 +42,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+ALIASES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}   # one import name, several distributions
+
+
 def environment(packages: tuple[str, ...]) -> dict:
     versions = {}
     for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        versions[name] = None
+        for dist in ALIASES.get(name, (name,)):
+            try:
+                versions[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
