@@ -85,6 +85,18 @@ def test_gradient_localization_gives_full_size_maps_and_the_paper_score(lite) ->
         lite.localize(x, "magic")
 
 
+def test_input_gradient_is_the_loss_derivative_through_both_networks() -> None:
+    """Directional derivative by central differences (float64) against <dL/dx, d>."""
+    torch.manual_seed(0)
+    model = create_model("mkd", source=LITE0, pretrained=False).double().eval()
+    x, d = torch.rand(1, 3, 64, 64, dtype=torch.float64), torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    eps = 1e-7
+    with torch.no_grad():
+        numeric = (model.per_image_loss(x + eps * d) - model.per_image_loss(x - eps * d)).item() / (2 * eps)
+    analytic = float((model.input_gradient(x) * d).sum())
+    assert analytic == pytest.approx(numeric, rel=1e-4)
+
+
 def test_training_lowers_the_loss_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
     model = create_model("mkd", source=LITE0, pretrained=False)

@@ -149,10 +149,11 @@ class MKD(nn.Module):
         return self
 
     def pairs(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(source, cloner) activations at each distilled point, finest first."""
-        with torch.no_grad():
-            targets = self.source(x)
-        return list(zip(targets, self.cloner(x)))
+        """(source, cloner) activations at each distilled point, finest first.
+
+        No torch.no_grad() around the source: its weights are frozen, so training builds no graph
+        through it anyway, and the gradient localization needs dL/dx through both networks."""
+        return list(zip(self.source(x), self.cloner(x)))
 
     def per_image_loss(self, x: torch.Tensor, points: slice = slice(None)) -> torch.Tensor:
         """N-vector: sum over the chosen points of (1 - cos) + lam * MSE, each image on its own."""
@@ -201,15 +202,18 @@ class MKD(nn.Module):
             raise ValueError(f"unknown localization mode {mode!r}; choose from {self.localization_modes}")
         return self._gradient_maps(x)
 
-    def _gradient_maps(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """The paper's maps: |dL/dx| over channels -> Gaussian sigma 4 -> 3x3 elliptical opening.
-        Scores are the paper's detection score; BatchNorm is in eval mode, so images do not interact."""
+    def input_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """dL/dx of each image's loss (all points), through the source and the cloner; eval mode."""
         self.eval()
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            loss = self.per_image_loss(x)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        saliency = grad.abs().sum(dim=1).float().cpu().numpy()
+            (grad,) = torch.autograd.grad(self.per_image_loss(x).sum(), x)
+        return grad
+
+    def _gradient_maps(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The paper's maps: |dL/dx| over channels -> Gaussian sigma 4 -> 3x3 elliptical opening.
+        Scores are the paper's detection score; BatchNorm is in eval mode, so images do not interact."""
+        saliency = self.input_gradient(x).abs().sum(dim=1).float().cpu().numpy()
         h, w = saliency.shape[-2:]
         blurred, _ = heatmap(np.ascontiguousarray(saliency), (h, w), smooth="gaussian", sigma=4.0)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
