@@ -28,7 +28,7 @@ UNIFIED = {"uniad"}
 def run_model(name: str, folders: list[Path], work: Path) -> dict:
     from edge_ad.models import training_defaults
     from edge_ad.training.report import evaluate_run
-    from edge_ad.training.run import TrainConfig, train
+    from edge_ad.training.run import TrainConfig, mean_of, train
 
     defaults = training_defaults(name, "cpu")
     start = time.perf_counter()
@@ -42,22 +42,17 @@ def run_model(name: str, folders: list[Path], work: Path) -> dict:
         if name == "mkd":
             report = evaluate_run(run, modes=["gradient"])
             extra.setdefault("gradient_mode", {}).update(report["modes"]["gradient"])
-    entry = {key: _mean([m[key] for m in per.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
+    entry = {key: mean_of([m[key] for m in per.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
     size = json.loads((run / "run.json").read_text())["config"]["image_size"]
     entry["budget"] = (f"{defaults['epochs']} epochs, batch {defaults['batch_size']}, {size} px, CPU"
                        + (", one model for all categories" if name in UNIFIED else ", one model per category"))
     entry["categories"] = {c: {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")} for c, m in per.items()}
     if extra:
         g = extra["gradient_mode"]
-        entry["gradient_mode"] = {key: _mean([m[key] for m in g.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
+        entry["gradient_mode"] = {key: mean_of([m[key] for m in g.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
         entry["gradient_mode"]["categories"] = g
     entry["seconds"] = round(time.perf_counter() - start, 1)
     return entry
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:

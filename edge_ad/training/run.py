@@ -128,12 +128,13 @@ def evaluate_categories(model: torch.nn.Module, categories: list[Category], geom
         per[c.name]["per_defect_image_auroc"] = _per_defect(c.test, test)
     if len(per) == 1:
         return next(iter(per.values()))
-    out = {key: _mean([m[key] for m in per.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
+    out = {key: mean_of([m[key] for m in per.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
     out["categories"] = per
     return out
 
 
-def _mean(values: list) -> float | None:
+def mean_of(values: list) -> float | None:
+    """Mean of the values that are not None (a category without masks has no pixel metrics)."""
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
