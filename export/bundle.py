@@ -21,7 +21,8 @@ from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.fit import CHECKPOINT
 from edge_ad.training.run import load_run
 from export.onnx import INPUT, OPSET, OUTPUT, export_onnx
-from export.diffusion import export_parts, pipeline_meta
+from export.diffusion import GRAPHS, export_parts, pipeline_meta
+from export.fp16 import fp16_name, write_fp16
 from export.parity import check_parity
 
 MODEL_FILE = "model.onnx"
@@ -42,6 +43,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
                  overwrite: bool = False) -> Bundle:
     """Write the bundle of an in-memory model: ONNX (folded when the model can fold) + meta.json.
 
+    Every graph gets its mixed FP16 twin for TensorRT (export/fp16.py), listed in meta `fp16`.
     Diffusion models with `PIPELINE = "latent_ddim"` (DiffAD) become four graphs and a `pipeline`
     entry (export/diffusion.py); models with `graph_inputs()` (SPR) get those inputs in the graph and
     their seeds in `graph_inputs`."""
@@ -57,7 +59,9 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
             export_parts(model, tmp, images)
         else:
             export_onnx(deploy, tmp / MODEL_FILE, height, width, extras=extras)
-            parity = check_parity(reference, tmp / MODEL_FILE, images, {k: v.numpy() for k, v in extras.items()})
+            feeds = {k: v.numpy() for k, v in extras.items()}
+            parity = check_parity(reference, tmp / MODEL_FILE, images, feeds)
+            parity["fp16"] = {MODEL_FILE: write_fp16(tmp, MODEL_FILE, {INPUT: images, **feeds})}
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         if checkpoint is not None:
             shutil.copy2(checkpoint, tmp / CHECKPOINT)
@@ -78,6 +82,8 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
         "engines": {},
     }
+    graphs = GRAPHS.values() if multi else [MODEL_FILE]
+    meta["fp16"] = {g: fp16_name(g) for g in graphs}
     if multi:
         meta["pipeline"] = pipeline_meta(model)
     if extras:

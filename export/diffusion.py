@@ -5,6 +5,7 @@ denoiser.onnx      latent, cond (N x 4 x h x w), timestep (N, float32) -> eps
 decoder.onnx       latent, cond                                        -> recon, inter (N x 3 x H x W)
 segmentation.onnx  images, recon, inter                                -> raw_map (N x 1 x H x W)
 
+Each graph also gets its mixed FP16 twin (`encoder.fp16.onnx`, ...; export/fp16.py) for TensorRT.
 Parity is checked graph by graph on the intermediate tensors of real images, and for the whole
 pipeline: the runtime's own `DdimPipeline` on ONNX Runtime against the PyTorch model, from the same
 starting latent.
@@ -21,6 +22,7 @@ from torch import nn
 
 from edge_ad.runtime.diffusion import DdimPipeline, sessions_from_dir
 from edge_ad.training.adapter import UInt8Input
+from export.fp16 import write_fp16
 from export.onnx import INPUT, OUTPUT, export_graph
 from export.parity import TOLERANCE, ParityError, relative_max_error
 
@@ -80,6 +82,8 @@ def export_parts(model: nn.Module, folder: Path, images: np.ndarray) -> dict:
     for part, (module, inputs, outputs) in cases.items():
         export_graph(module, folder / GRAPHS[part], inputs, outputs)
         report[part] = _graph_parity(module, folder / GRAPHS[part], inputs)
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+        report[part]["fp16"] = write_fp16(folder, GRAPHS[part], feeds, ranks=part == "segmentation")
     pipeline = DdimPipeline(sessions_from_dir(folder, GRAPHS), pipeline_meta(model))
     error = relative_max_error(pipeline.infer(images), expected.numpy())
     if not error < TOLERANCE:

@@ -22,7 +22,7 @@ from edge_ad.runtime.preprocess import prepare
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.run import TrainConfig, load_run, train
 from export.bundle import export_run
-from export.opcheck import unsupported_ops
+from export.opcheck import errors
 
 TINY = {
     "spr": {"channels": (8, 16, 16), "image_size": 64},
@@ -69,8 +69,10 @@ def test_every_graph_matches_pytorch_and_parses_in_tensorrt(trained) -> None:
         assert parity["relative_max_error"] < 1e-4
         assert bundle.meta["graph_inputs"]["noise"]["shape"] == [3, 3, 64, 64]
         files = [bundle.file("model.onnx")]
+    files += [bundle.file(half) for half in bundle.meta["fp16"].values()]
+    assert len(files) == len(set(files)) == 2 * len(bundle.meta["fp16"])
     for f in files:
-        assert unsupported_ops(f) == {}, f.name
+        assert errors(f) == [], f.name
 
 
 def test_runtime_equals_pytorch_on_a_real_image(trained, data) -> None:

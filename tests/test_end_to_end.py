@@ -56,9 +56,9 @@ def test_bundle_contents_and_parity(trained) -> None:
     assert set(meta["files"]) >= {"model.onnx", "checkpoint.pt", "parity.json"}
     assert all(len(f["sha256"]) == 64 for f in meta["files"].values())
     assert json.loads(bundle.file("parity.json").read_text())["relative_max_error"] < 1e-4
-    from export.opcheck import unsupported_ops
+    from export.opcheck import errors
 
-    assert unsupported_ops(bundle.file("model.onnx")) == {}
+    assert errors(bundle.file("model.onnx")) == [] and errors(bundle.file("model.fp16.onnx")) == []
 
 
 def test_onnx_scores_match_pytorch_after_the_kernel(trained) -> None:

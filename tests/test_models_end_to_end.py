@@ -19,7 +19,7 @@ from edge_ad.data.synthetic import Counts, make_category, write_conveyor_video
 from edge_ad.models import create_model, list_models
 from edge_ad.training.run import TrainConfig, train
 from export.bundle import export_run
-from export.opcheck import unsupported_ops
+from export.opcheck import errors
 
 TINY = {
     "mkd": {"source": "tf_efficientnet_lite0", "image_size": 64},
@@ -56,7 +56,11 @@ def test_bundle_parity_and_tensorrt_parser_operators(trained) -> None:
     bundle = read_bundle(trained["bundle"])
     assert bundle.model_name == trained["name"]
     assert json.loads(bundle.file("parity.json").read_text())["relative_max_error"] < 1e-4
-    assert unsupported_ops(bundle.file("model.onnx")) == {}
+    assert bundle.meta["fp16"] == {"model.onnx": "model.fp16.onnx"}
+    fp16 = json.loads(bundle.file("parity.json").read_text())["fp16"]["model.onnx"]
+    assert fp16["check"]["finite"] and fp16["check"]["scores_rank_same"]
+    for graph in ("model.onnx", "model.fp16.onnx"):
+        assert errors(bundle.file(graph)) == [], graph
 
 
 def test_bundle_predicts_and_streams(trained, tmp_path) -> None:
