@@ -20,7 +20,7 @@ from typing import Callable
 
 import edge_ad
 
-__all__ = ["BundleError", "Bundle", "FORMAT_VERSION", "read_bundle", "write_bundle"]
+__all__ = ["BundleError", "Bundle", "FORMAT_VERSION", "add_file", "read_bundle", "write_bundle"]
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -109,6 +109,40 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             raise BundleError(f"checksum mismatch for {file}: the file is corrupt or was modified; "
                               "copy the bundle again or re-export it")
     return bundle
+
+
+def add_file(bundle: Bundle, name: str, data: bytes, meta_update: Callable[[dict], None]) -> Bundle:
+    """Add (or replace) file `name` in an existing bundle: an engine built on this device.
+
+    The file goes to a temporary name and is renamed into place, then meta.json is rewritten the
+    same way with the file's checksum and `meta_update(meta)`'s changes, under a lock, so concurrent
+    builders and a kill at any moment leave a readable bundle. Raises OSError when the bundle is
+    read-only (the caller then keeps the file elsewhere)."""
+    import fcntl
+
+    target = bundle.file(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(bundle.path / ".meta.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _atomic_write(target, data)
+        meta = json.loads((bundle.path / META).read_text())
+        meta.setdefault("files", {})[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        meta_update(meta)
+        _atomic_write(bundle.path / META, (json.dumps(meta, indent=2) + "\n").encode())
+    return Bundle(bundle.path, meta)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _inside(root: Path, name: str) -> Path:

@@ -217,6 +217,45 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without a GPU or driver).");
   m.def("cuda_device_name", &cuda_device_name, py::arg("device") = 0);
   m.def("cuda_synchronize", &cuda_synchronize);
+  m.def("cuda_device_capability", &cuda_device_capability, py::arg("device") = 0,
+        "(major, minor) compute capability of a CUDA device.");
+  m.def("cuda_graph_begin_capture", [](uintptr_t stream) {
+          py::gil_scoped_release release;
+          cuda_graph_begin_capture(stream);
+        }, py::arg("stream"), "Start capturing the work queued on `stream` (not the default stream).");
+  m.def("cuda_graph_end_capture", [](uintptr_t stream) {
+          py::gil_scoped_release release;
+          return cuda_graph_end_capture(stream);
+        }, py::arg("stream"), "End the capture; returns the instantiated graph's handle.");
+  m.def("cuda_graph_launch", [](uintptr_t exec, uintptr_t stream) {
+          if (exec == 0) throw py::value_error("null CUDA graph handle");
+          py::gil_scoped_release release;
+          cuda_graph_launch(exec, stream);
+        }, py::arg("graph"), py::arg("stream"));
+  m.def("cuda_graph_destroy", &cuda_graph_destroy, py::arg("graph"));
+  m.def("cuda_memcpy_htod_async", [](uintptr_t dst, const py::array& src, uintptr_t stream) {
+          require_contiguous(src, "src");
+          if (dst == 0) throw py::value_error("null device pointer");
+          const auto host = reinterpret_cast<uintptr_t>(src.data());
+          const auto nbytes = static_cast<std::size_t>(src.nbytes());
+          py::gil_scoped_release release;
+          cuda_memcpy_async(dst, host, nbytes, true, stream);
+        }, py::arg("dst"), py::arg("src"), py::arg("stream"),
+        "Copy a C-contiguous host array to device memory on `stream` (async for pinned arrays).");
+  m.def("cuda_memcpy_dtoh_async", [](py::array& dst, uintptr_t src, uintptr_t stream) {
+          require_contiguous(dst, "dst");
+          if (!dst.writeable()) throw py::value_error("dst must be writeable");
+          if (src == 0) throw py::value_error("null device pointer");
+          const auto host = reinterpret_cast<uintptr_t>(dst.mutable_data());
+          const auto nbytes = static_cast<std::size_t>(dst.nbytes());
+          py::gil_scoped_release release;
+          cuda_memcpy_async(host, src, nbytes, false, stream);
+        }, py::arg("dst"), py::arg("src"), py::arg("stream"),
+        "Copy device memory into a C-contiguous host array on `stream`; synchronize before reading it.");
+  m.def("cuda_stream_synchronize", [](uintptr_t stream) {
+          py::gil_scoped_release release;
+          cuda_stream_synchronize(stream);
+        }, py::arg("stream"));
 #else
   m.def("cuda_device_count", []() { return 0; }, "Built without CUDA: always 0.");
 #endif

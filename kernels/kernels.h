@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "common.h"
 #include "ddim_math.h"
@@ -61,6 +62,14 @@ void ddim_step_cuda(const void* x_t, const void* eps, void* x_prev, int64_t coun
 int cuda_device_count();
 std::string cuda_device_name(int device);
 void cuda_synchronize();
+std::pair<int, int> cuda_device_capability(int device);
+void cuda_graph_begin_capture(uintptr_t stream);
+uintptr_t cuda_graph_end_capture(uintptr_t stream);   // returns an instantiated cudaGraphExec_t
+void cuda_graph_launch(uintptr_t exec, uintptr_t stream);
+void cuda_graph_destroy(uintptr_t exec);
+void cuda_stream_synchronize(uintptr_t stream);
+// Host <-> device copy on a stream (asynchronous when the host memory is pinned).
+void cuda_memcpy_async(uintptr_t dst, uintptr_t src, std::size_t nbytes, bool to_device, uintptr_t stream);
 #endif
 
 }  // namespace edge_ad

@@ -31,10 +31,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_reason = _cuda_reason() if any("gpu" in item.keywords for item in items) else None
     trt_reason = None if importlib.util.find_spec("tensorrt") else "TensorRT not installed"
     for item in items:
-        if "gpu" in item.keywords and gpu_reason:
-            item.add_marker(pytest.mark.skip(reason=gpu_reason))
         if "tensorrt" in item.keywords and trt_reason:
-            item.add_marker(pytest.mark.skip(reason=trt_reason))
+            item.add_marker(pytest.mark.skip(reason=trt_reason))     # the first reason a reader needs
+        elif "gpu" in item.keywords and gpu_reason:
+            item.add_marker(pytest.mark.skip(reason=gpu_reason))
 
 
 _BLOCK_TORCH = """

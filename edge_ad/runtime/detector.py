@@ -45,19 +45,40 @@ class Detector:
             return []
         bgr = (color or self.color) == "BGR"
         rgb = [to_rgb_uint8(im, bgr=bgr) for im in batch]
-        raw = self.infer(np.stack([prepare(im, self.geometry) for im in rgb]))
-        results = self.postprocess(raw, [im.shape[:2] for im in rgb])
+        maps, scores = self.heatmaps(np.stack([prepare(im, self.geometry) for im in rgb]))
+        results = self.results(maps, scores, [im.shape[:2] for im in rgb])
         return results[0] if single else results
+
+    def scores(self, images: Sequence[np.ndarray], *, color: str | None = None) -> np.ndarray:
+        """Image scores only: on TensorRT the full-size maps then never leave the GPU."""
+        bgr = (color or self.color) == "BGR"
+        prepared = np.stack([prepare(to_rgb_uint8(im, bgr=bgr), self.geometry) for im in images])
+        return self.heatmaps(prepared, maps=False)[1]
+
+    def heatmaps(self, prepared: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """Prepared uint8 batch -> (full-size maps of the crop, or None; scores): on the device when
+        the backend post-processes there (TensorRT), else the CPU kernel on the backend's raw maps."""
+        on_device = getattr(self.backend, "infer_heatmap", None)
+        if on_device is not None:
+            return on_device(prepared, maps=maps)
+        out, scores = self._cpu_heatmap(self.infer(prepared))
+        return (out if maps else None), scores
+
+    def _cpu_heatmap(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = self.spec
+        return heatmap(np.ascontiguousarray(raw, dtype=np.float32), tuple(s["output_size"]), smooth=s["smooth"],
+                       sigma=s["sigma"], window=s["window"], align_corners=s["align_corners"],
+                       score_from=s["score_from"], threads=1)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend alone: prepared uint8 N x H x W x 3 -> raw maps N x 1 x h x w."""
         return self.backend.infer(batch)
 
     def postprocess(self, raw: np.ndarray, sizes: list[tuple[int, int]]) -> list[Result]:
-        s = self.spec
-        maps, scores = heatmap(np.ascontiguousarray(raw, dtype=np.float32), tuple(s["output_size"]),
-                               smooth=s["smooth"], sigma=s["sigma"], window=s["window"],
-                               align_corners=s["align_corners"], score_from=s["score_from"], threads=1)
+        """Raw maps (from infer) -> Results, on the CPU kernel."""
+        return self.results(*self._cpu_heatmap(raw), sizes)
+
+    def results(self, maps: np.ndarray, scores: np.ndarray, sizes: list[tuple[int, int]]) -> list[Result]:
         lo, hi = self.image_norm
         return [Result(score=float(score), normalized_score=float(np.clip((score - lo) / (hi - lo), 0.0, 1.0)),
                        is_anomalous=bool(score > self.threshold), crop_map=m, image_size=size,

@@ -1,0 +1,131 @@
+"""Where a bundle's TensorRT engines live and which one fits this device. No TensorRT import here.
+
+A plan runs only on the TensorRT version, GPU compute capability and platform it was built for, so
+each engine is stored under a name that says all of that plus the precision and the batch profile:
+
+    engines/<graph>.<gpu>.sm<cc>.trt<version>.<platform>.<precision>.b<min>-<max>.engine
+
+e.g. `engines/model.nvidia-jetson-agx-orin.sm87.trt10.3.0.aarch64.fp16.b1-8.engine`; meta.json's
+`engines` maps each name to what it was built for. A bundle can carry engines for several devices,
+and loading picks the one of this device. An engine is added to the bundle when the bundle directory
+is writable, else to the user's cache (`$EDGE_AD_CACHE`, default ~/.cache/edge_ad/engines/<bundle
+digest>/), so a read-only bundle on a line PC still builds once and reuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge_ad.bundle import Bundle, BundleError, add_file
+
+__all__ = ["DeviceKey", "EngineSpec", "engine_name", "find_engine", "store_engine", "describe_engines", "cache_dir"]
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """What a TensorRT plan is tied to."""
+
+    gpu: str
+    compute_capability: str      # "8.7"
+    tensorrt: str                # "10.3.0"
+    platform: str                # "aarch64", "x86_64"
+
+    @classmethod
+    def current(cls, tensorrt_version: str, device: int = 0) -> "DeviceKey":
+        """This machine's key: the GPU from the CUDA runtime (the kernels module), TensorRT as given."""
+        from edge_ad import _kernels
+
+        if not _kernels.has_cuda or _kernels.cuda_device_count() <= device:
+            raise RuntimeError("no CUDA GPU visible (or edge_ad was built without its CUDA kernels): "
+                               "TensorRT engines need one; use backend='onnxruntime'")
+        major, minor = _kernels.cuda_device_capability(device)
+        return cls(_kernels.cuda_device_name(device), f"{major}.{minor}", tensorrt_version, platform.machine())
+
+    def slug(self) -> str:
+        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
+        return f"{gpu}.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt}.{self.platform}"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How an engine is built: from which graph, precision, typing and batch range."""
+
+    graph: str                   # the ONNX file in the bundle it is built from
+    precision: str = "fp16"
+    min_batch: int = 1
+    max_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.max_batch:
+            raise ValueError(f"batch sizes must satisfy 1 <= min <= max, got {self.min_batch}..{self.max_batch}")
+        if self.precision not in ("fp16", "fp32"):
+            raise ValueError(f"precision must be 'fp16' or 'fp32', got {self.precision!r}")
+
+
+def engine_name(spec: EngineSpec, key: DeviceKey) -> str:
+    stem = spec.graph.split("/")[-1].split(".")[0]
+    return f"engines/{stem}.{key.slug()}.{spec.precision}.b{spec.min_batch}-{spec.max_batch}.engine"
+
+
+def cache_dir(bundle: Bundle) -> Path:
+    """The per-user engine cache of a bundle, keyed by the digest of its graphs (not its path)."""
+    root = Path(os.environ.get("EDGE_AD_CACHE", Path.home() / ".cache" / "edge_ad")) / "engines"
+    graphs = sorted((n, f["sha256"]) for n, f in bundle.meta.get("files", {}).items() if n.endswith(".onnx"))
+    return root / hashlib.sha256(json.dumps(graphs).encode()).hexdigest()[:16]
+
+
+def find_engine(bundle: Bundle, spec: EngineSpec, key: DeviceKey) -> Path | None:
+    """The engine for this device and spec, in the bundle or the cache; None when it must be built.
+    An engine that covers a wider batch range of the same device counts too."""
+    for name, info in bundle.meta.get("engines", {}).items():
+        if _fits(info, spec, key):
+            return bundle.file(name)
+    folder = cache_dir(bundle)
+    for sidecar in sorted(folder.glob("engines/*.json")) if folder.is_dir() else []:
+        info = json.loads(sidecar.read_text())
+        engine = sidecar.with_suffix(".engine")
+        if _fits(info, spec, key) and engine.is_file():
+            if hashlib.sha256(engine.read_bytes()).hexdigest() != info.get("sha256"):
+                raise BundleError(f"checksum mismatch for cached engine {engine}: delete it and it is rebuilt")
+            return engine
+    return None
+
+
+def _fits(info: dict, spec: EngineSpec, key: DeviceKey) -> bool:
+    return (info.get("device") == asdict(key) and info.get("graph") == spec.graph
+            and info.get("precision") == spec.precision
+            and info.get("min_batch", 0) <= spec.min_batch and spec.max_batch <= info.get("max_batch", 0))
+
+
+def store_engine(bundle: Bundle, spec: EngineSpec, key: DeviceKey, plan: bytes, extra: dict) -> tuple[Path, Bundle]:
+    """Keep a freshly built plan: in the bundle when it is writable, else in the cache."""
+    name = engine_name(spec, key)
+    info = {"device": asdict(key), **asdict(spec), **extra}
+    try:
+        def update(meta: dict) -> None:
+            meta.setdefault("engines", {})[name] = info
+
+        bundle = add_file(bundle, name, plan, update)
+        return bundle.file(name), bundle
+    except OSError:
+        target = cache_dir(bundle) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        tmp.write_bytes(plan)
+        os.replace(tmp, target)
+        info["sha256"] = hashlib.sha256(plan).hexdigest()
+        target.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        return target, bundle
+
+
+def describe_engines(bundle: Bundle) -> list[str]:
+    """One line per engine the bundle carries: what the message says when none fits this device."""
+    return [f"{i['device']['gpu']} (sm {i['device']['compute_capability']}, TensorRT {i['device']['tensorrt']}, "
+            f"{i['device']['platform']}, {i['precision']}, batch {i['min_batch']}-{i['max_batch']}): {name}"
+            for name, i in bundle.meta.get("engines", {}).items()]

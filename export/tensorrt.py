@@ -1,0 +1,183 @@
+"""FP16 TensorRT engines from a bundle's graphs, built on the device that will run them.
+
+Unverified: TensorRT cannot be installed where this was written and no GPU has run it. Written against
+the TensorRT 10 Python API (JetPack 6 ships 10.3; 11.x keeps the strongly typed route):
+
+- strongly typed (default): `Builder.create_network(1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED))`
+  from the bundle's mixed FP16 graph (`model.fp16.onnx`, export/fp16.py): the precision of every layer is
+  the graph's, FP32 islands included. No per-layer precision is set on this route (TensorRT forbids it).
+- weakly typed (`typing="weak"`, and the automatic choice when STRONGLY_TYPED does not exist): the FP32
+  graph with `BuilderFlag.FP16`; the layers of the export's FP32 islands pinned with `ILayer.precision`
+  and `set_output_type` under `BuilderFlag.OBEY_PRECISION_CONSTRAINTS`. Deprecated since 10.12, but it is
+  what DLA needs (`dla_core`: `default_device_type = DeviceType.DLA`, `DLA_core`, `GPU_FALLBACK`).
+- `OnnxParser.parse_from_file` (every `get_error(i)` goes into one exception),
+  `set_memory_pool_limit(MemoryPoolType.WORKSPACE, ...)`, one optimization profile
+  (`create_optimization_profile`, `set_shape(name, min, opt, max)`) over the asked batch sizes,
+  a timing cache per device (`create_timing_cache`, `set_timing_cache`, `serialize`), and
+  `build_serialized_network` (None on failure).
+
+The engine is stored in the bundle (or the user's cache when the bundle is read-only) under a name
+that says GPU, compute capability, TensorRT version, platform, precision and batch range
+(edge_ad/runtime/engines.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from edge_ad.bundle import Bundle
+from edge_ad.runtime.engines import DeviceKey, EngineSpec, store_engine
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_engine", "build_and_store", "build_bundle_engines", "parse_batches", "WORKSPACE_BYTES"]
+
+WORKSPACE_BYTES = 2 << 30            # 2 GiB: enough for these models' tactics, within an Orin Nano's 8 GB
+
+
+def parse_batches(text: str) -> tuple[int, int, int]:
+    """--batch: "N" (exactly N), "MIN,MAX" (optimized for MIN) or "MIN,OPT,MAX" -> (min, opt, max)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--batch takes 'N', 'MIN,MAX' or 'MIN,OPT,MAX', got {text!r}") from None
+    if len(values) == 1:
+        values = values * 3
+    elif len(values) == 2:
+        values = [values[0], values[0], values[1]]
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise ValueError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def _parse(trt, builder, network, onnx_path: Path) -> None:
+    parser = trt.OnnxParser(network, builder.logger if hasattr(builder, "logger") else trt.Logger(trt.Logger.WARNING))
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors) +
+                           f" (run `python -m export.opcheck {onnx_path}` to see what it cannot take)")
+    builder._edge_ad_parser = parser          # the parser must outlive the network it filled
+
+
+def _profile(builder, network, batch: tuple[int, int, int]):
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tuple(tensor.shape)
+        if dims and dims[0] == -1:
+            rest = dims[1:]
+            profile.set_shape(tensor.name, (batch[0], *rest), (batch[1], *rest), (batch[2], *rest))
+    return profile
+
+
+def _pin_islands(trt, network, islands: list[str]) -> int:
+    """Weak typing: keep the export's FP32 islands in FP32 (layers are named after their ONNX nodes)."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if any(layer.name == n or layer.name.startswith(n + "_") for n in islands):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = "auto", islands: list[str] = (),
+                 workspace: int = WORKSPACE_BYTES, timing_cache: Path | None = None,
+                 dla_core: int | None = None) -> tuple[bytes, dict]:
+    """Build a serialized FP16 engine; returns (plan, facts of the build). `typing`: "strong", "weak"
+    or "auto" (strong where this TensorRT has STRONGLY_TYPED)."""
+    import tensorrt as trt
+
+    strong_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if typing == "auto":
+        typing = "strong" if strong_flag is not None and dla_core is None else "weak"
+    if typing == "strong" and strong_flag is None:
+        raise RuntimeError(f"TensorRT {trt.__version__} has no strongly typed networks; use typing='weak'")
+    if typing == "weak" and not hasattr(trt.BuilderFlag, "FP16"):
+        raise RuntimeError(f"TensorRT {trt.__version__} has no FP16 builder flag (11.x): use typing='strong'")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(strong_flag) if typing == "strong" else 0)
+    _parse(trt, builder, network, onnx_path)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    config.add_optimization_profile(_profile(builder, network, batch))
+    pinned = 0
+    if typing == "weak":
+        config.set_flag(trt.BuilderFlag.FP16)
+        pinned = _pin_islands(trt, network, list(islands))
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if dla_core is not None:
+        if builder.num_DLA_cores <= dla_core:
+            raise RuntimeError(f"DLA core {dla_core} asked for, this device has {builder.num_DLA_cores}")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}; see its log above")
+    if timing_cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = timing_cache.with_suffix(".partial")
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+        os.replace(tmp, timing_cache)
+    facts = {"typing": typing, "opt_batch": batch[1], "build_s": round(time.perf_counter() - start, 1),
+             "fp32_pinned_layers": pinned, "dla_core": dla_core, "workspace_bytes": workspace}
+    return bytes(plan), facts
+
+
+def _islands(bundle: Bundle, graph: str) -> list[str]:
+    """The FP32 islands the export chose for FP32 graph `graph` (parity.json), for the weakly typed route."""
+    try:
+        parity = json.loads(bundle.file("parity.json").read_text())
+    except (OSError, ValueError):
+        return []
+    single = parity.get("fp16", {}).get(graph)                          # model.onnx
+    part = parity.get(graph.split(".")[0], {})                           # DiffAD: encoder.onnx -> "encoder"
+    report = single or (part.get("fp16") if isinstance(part, dict) else None)
+    return list(report.get("fp32_islands", {})) if isinstance(report, dict) else []
+
+
+def build_and_store(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], typing: str = "auto",
+                    dla_core: int | None = None) -> tuple[Path, Bundle]:
+    """Build the engine of one FP16 graph of the bundle for this device and keep it."""
+    import tensorrt as trt
+
+    from edge_ad.runtime.engines import cache_dir
+
+    key = DeviceKey.current(trt.__version__)
+    source = graph
+    if typing == "weak" or (typing == "auto" and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")):
+        source = graph.replace(".fp16.onnx", ".onnx")          # the weak route starts from FP32
+    timing = cache_dir(bundle).parent / "timing" / f"{key.slug()}.cache"
+    plan, facts = build_engine(bundle.file(source), batch=batch, typing=typing, islands=_islands(bundle, source),
+                               timing_cache=timing, dla_core=dla_core)
+    spec = EngineSpec(graph, "fp16", batch[0], batch[2])
+    path, bundle = store_engine(bundle, spec, key, plan, {**facts, "source": source,
+                                                          "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    log.info("TensorRT engine %s built in %.0f s", path, facts["build_s"])
+    return path, bundle
+
+
+def build_bundle_engines(bundle: Bundle, *, batch: tuple[int, int, int], typing: str = "auto",
+                         dla_core: int | None = None) -> list[Path]:
+    """`edge-ad export BUNDLE --engine`: one engine per FP16 graph of the bundle (four for DiffAD)."""
+    graphs = list(bundle.meta.get("fp16", {}).values())
+    if not graphs:
+        raise ValueError(f"{bundle.path} has no FP16 graphs (exported by edge_ad before 0.2?); re-export it "
+                         "with `edge-ad export RUN --out BUNDLE`")
+    paths = []
+    for graph in graphs:
+        path, bundle = build_and_store(bundle, graph, batch=batch, typing=typing, dla_core=dla_core)
+        paths.append(path)
+    return paths
