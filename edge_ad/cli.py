@@ -39,10 +39,33 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from export.bundle import export_run
+    from pathlib import Path
 
-    bundle = export_run(args.run, args.out, overwrite=args.overwrite)
-    print(f"bundle: {bundle.path} ({', '.join(bundle.meta['files'])})")
+    from edge_ad.bundle import read_bundle
+
+    source = Path(args.source)
+    if (source / "meta.json").is_file():
+        if args.out:
+            raise ValueError(f"{source} is already a bundle; --out is for exporting a training run")
+        bundle = read_bundle(source)
+    else:
+        if not args.out:
+            raise ValueError(f"exporting the run {source} needs --out BUNDLE (or give a bundle with --engine/--triton)")
+        from export.bundle import export_run
+
+        bundle = export_run(source, args.out, overwrite=args.overwrite)
+        print(f"bundle: {bundle.path} ({', '.join(bundle.meta['files'])})")
+    if args.engine:
+        from export.tensorrt import build_bundle_engines, parse_batches
+
+        paths = build_bundle_engines(bundle, batch=parse_batches(args.batch), typing=args.typing, dla_core=args.dla_core)
+        print("TensorRT engines:\n  " + "\n  ".join(str(p) for p in paths))
+        bundle = read_bundle(bundle.path)
+    if args.triton:
+        from export.triton import write_repository
+
+        models = write_repository(bundle, args.triton, max_batch=args.max_batch)
+        print(f"Triton model repository {args.triton}: {', '.join(m.name for m in models)}")
     return 0
 
 
@@ -50,7 +73,8 @@ def _stream(args: argparse.Namespace) -> int:
     import edge_ad
     from edge_ad.stream import EventsSink, VideoSink, WindowSink
 
-    detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed)
+    detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
+                            triton_url=args.triton_url)
     sinks = []
     if args.events:
         sinks.append(EventsSink(args.events))
@@ -88,6 +112,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
+    from edge_ad.runtime import BACKENDS
 
     parser = argparse.ArgumentParser(prog="edge-ad", description="Visual anomaly detection for factory lines.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,15 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--modes", nargs="+", help="localization modes (default: all the model has)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(func=_eval)
-    export = sub.add_parser("export", help="turn a training run into a bundle (ONNX + meta.json)")
-    export.add_argument("run")
-    export.add_argument("--out", required=True)
+    export = sub.add_parser("export", help="a training run -> a bundle; a bundle -> TensorRT engines, Triton repository")
+    export.add_argument("source", metavar="RUN|BUNDLE", help="a training run (with --out) or an existing bundle")
+    export.add_argument("--out", help="bundle folder to write from a run")
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--engine", action="store_true",
+                        help="build the FP16 TensorRT engine(s) for this GPU into the bundle (needs TensorRT)")
+    export.add_argument("--batch", default="1,1,8", help="engine batch profile: N, MIN,MAX or MIN,OPT,MAX")
+    export.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto",
+                        help="strongly typed FP16 graph (TensorRT 10/11) or the FP16 builder flag (10.x, DLA)")
+    export.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (AGX Orin, Orin NX)")
+    export.add_argument("--triton", metavar="DIR", help="write a Triton Inference Server model repository")
+    export.add_argument("--max-batch", type=int, default=8, help="Triton max_batch_size")
     export.set_defaults(func=_export)
     stream = sub.add_parser("stream", help="run a bundle on a camera, video, URL or image folder")
     stream.add_argument("bundle")
     stream.add_argument("--source", required=True, help="camera index, video file, image folder or rtsp/http URL")
-    stream.add_argument("--backend", default="auto")
+    stream.add_argument("--backend", default="auto", choices=BACKENDS)
+    stream.add_argument("--triton-url", default=None, help="host:port of a Triton server (--backend triton)")
     stream.add_argument("--events", help="JSON Lines file of anomalous frames")
     stream.add_argument("--video", help="annotated video file to write")
     stream.add_argument("--fps", type=float, default=15.0, help="frame rate of the annotated video")
@@ -151,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, ConnectionError, FileNotFoundError, IOError) as err:
+    except (ValueError, ConnectionError, FileNotFoundError, IOError, RuntimeError) as err:
         print(f"edge-ad {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -172,6 +172,13 @@ def build_and_store(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], 
 def build_bundle_engines(bundle: Bundle, *, batch: tuple[int, int, int], typing: str = "auto",
                          dla_core: int | None = None) -> list[Path]:
     """`edge-ad export BUNDLE --engine`: one engine per FP16 graph of the bundle (four for DiffAD)."""
+    from edge_ad.runtime.tensorrt import tensorrt_missing
+
+    reason = tensorrt_missing()
+    if reason:
+        raise RuntimeError(f"building TensorRT engines needs TensorRT and a GPU on the device that will run them "
+                           f"({reason} here); run `edge-ad export BUNDLE --engine` there, or let "
+                           "`edge-ad stream --backend tensorrt` build on first use")
     graphs = list(bundle.meta.get("fp16", {}).values())
     if not graphs:
         raise ValueError(f"{bundle.path} has no FP16 graphs (exported by edge_ad before 0.2?); re-export it "
