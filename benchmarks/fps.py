@@ -4,8 +4,11 @@ Modes:
 - model:  the backend alone on a prepared uint8 batch (what the papers time);
 - stream: end to end, decoded BGR camera frames in (640 x 480), Result objects out: resize + crop,
   inference, the heatmap kernel and the calibrated decision.
-Backends: torch (PyTorch eager FP32 on the model as specified: the papers' setting), torch-folded
-(eager on the folded graph that the bundle holds), onnxruntime (the bundle), tensorrt (when present).
+Backends: torch (PyTorch eager FP32 on the model as specified, on the GPU when there is one: the
+papers' setting), torch-folded (eager on the folded graph that the bundle holds), torch-cuda-fp16
+(edge_ad's torch backend: FP16 autocast, CUDA graphs, the heatmap kernel; GPU only), onnxruntime (the
+bundle), tensorrt (the bundle's FP16 engine, when TensorRT is installed). On GPU backends the model
+mode includes the heatmap kernel and returns the scores, as the CUDA graph covers both.
 Timings are medians of --iters timed calls after --warmup untimed ones; FPS = batch / median.
 
     python benchmarks/fps.py --models simplenet --json benchmarks/results/fps-cpu.json
@@ -40,22 +43,23 @@ FRAME = (480, 640)
 
 
 class TorchBackend:
-    """A Detector backend running a PyTorch module (eager, FP32, no grad) on uint8 NHWC batches;
-    `steps` goes to a diffusion model's forward (its DDIM loop in PyTorch ops)."""
+    """A Detector backend running a PyTorch module (eager, FP32, no grad) on uint8 NHWC batches, on the
+    CPU or a CUDA GPU (the papers' setting); `steps` goes to a diffusion model's forward."""
 
-    def __init__(self, module, steps: int | None = None) -> None:
+    def __init__(self, module, steps: int | None = None, device: str = "cpu") -> None:
         import torch
 
         self.torch = torch
-        self.module = module.eval()
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
         self.steps = steps
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
-            images = self.torch.from_numpy(batch)
+            images = self.torch.from_numpy(batch).to(self.device)
             if self.steps is None:
-                return self.module(images).numpy()
-            return self.module.model(self.module.normalize(images), steps=self.steps).numpy()
+                return self.module(images).cpu().numpy()
+            return self.module.model(self.module.normalize(images), steps=self.steps).cpu().numpy()
 
 
 def build_bundle(name: str, out: Path, image_size: int | None, config: str = "paper"):
@@ -75,8 +79,11 @@ def build_bundle(name: str, out: Path, image_size: int | None, config: str = "pa
     images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     calibration = {"image_threshold": 1.0, "image_norm": [0.0, 2.0], "pixel_threshold": 1.0, "pixel_norm": [0.0, 2.0],
                    "normal_images": 0, "note": "uncalibrated: timing only"}
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / f"{name}.pt"                # for the torch backends of edge_ad.runtime
+    torch.save({"model": model.state_dict()}, checkpoint)
     bundle = export_model(model, out / name, name=name, geometry=Geometry((resize, resize), (size, size)),
-                          calibration=calibration, images=images)
+                          calibration=calibration, images=images, checkpoint=checkpoint)
     return model, bundle
 
 
@@ -104,7 +111,12 @@ def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: i
     prepared = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
     frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(batch)]
     rows = []
-    for mode, call in (("model", lambda: detector.infer(prepared)), ("stream", lambda: detector.predict(frames))):
+    precision = "fp16" if backend_name in ("torch-cuda-fp16", "tensorrt") else "fp32"
+    # model mode: the backend on a prepared batch; where it post-processes on the GPU (torch-cuda-fp16,
+    # tensorrt) that includes the heatmap kernel and the CUDA graph, scores back to the host.
+    on_device = getattr(detector.backend, "infer_heatmap", None)
+    model_call = (lambda: detector.heatmaps(prepared, maps=False)) if on_device else (lambda: detector.infer(prepared))
+    for mode, call in (("model", model_call), ("stream", lambda: detector.predict(frames))):
         for _ in range(warmup):
             call()
         samples = []
@@ -114,27 +126,39 @@ def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: i
             samples.append((time.perf_counter() - start) * 1e3)
         samples.sort()
         median = statistics.median(samples)
-        rows.append({"model": model_name, "backend": backend_name, "precision": "fp32", "batch": batch,
+        rows.append({"model": model_name, "backend": backend_name, "precision": precision, "batch": batch,
                      "fps": batch * 1e3 / median, "latency_ms_p50": median,
                      "latency_ms_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))],
                      "mode": mode, "input": f"{h}x{w}" if mode == "model" else f"{FRAME[0]}x{FRAME[1]} BGR frames"})
     return rows
 
 
-def backends_for(model, bundle, wanted: list[str], steps: int | None = None):
+def backends_for(model, bundle, wanted: list[str], steps: int | None = None, device: str = "cpu"):
+    """torch / torch-folded: eager FP32 on `device`; torch-cuda-fp16: edge_ad's torch backend (autocast,
+    CUDA graphs, heatmap kernel); onnxruntime; tensorrt (the bundle's FP16 engine, built on first use)."""
     from edge_ad.runtime import Detector, load
+    from edge_ad.runtime.tensorrt import tensorrt_missing
     from edge_ad.training.adapter import UInt8Input
 
     for name in wanted:
         if name == "torch":
-            yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std), steps))
+            yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std), steps, device))
         elif name == "torch-folded":
             if hasattr(model, "folded"):
-                yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std)))
+                yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std), None, device))
+        elif name == "torch-cuda-fp16":
+            if device != "cuda":
+                print("torch-cuda-fp16: no CUDA device; skipped", file=sys.stderr)
+            else:
+                yield name, load(bundle.path, backend="torch-cuda", steps=steps)
         elif name == "onnxruntime":
             yield name, load(bundle.path, backend="onnxruntime", steps=steps)
         elif name == "tensorrt":
-            print("tensorrt: not available in this edge_ad yet / not installed here; skipped", file=sys.stderr)
+            reason = tensorrt_missing()
+            if reason:
+                print(f"tensorrt: {reason}; skipped", file=sys.stderr)
+            else:
+                yield name, load(bundle.path, backend="tensorrt", steps=steps, batch=(1, 1, 8))
         else:
             raise SystemExit(f"unknown backend {name!r}")
 
@@ -156,7 +180,9 @@ def print_table(rows: list[dict], device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="simplenet")
-    parser.add_argument("--backends", default="torch,torch-folded,onnxruntime,tensorrt")
+    parser.add_argument("--backends", default="torch,torch-folded,torch-cuda-fp16,onnxruntime,tensorrt")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the torch backends run (auto: CUDA when present)")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--image-size", type=int, default=None, help="crop size (default: the model's)")
     parser.add_argument("--config", choices=("paper", "cpu"), default="paper",
@@ -170,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     batches = [int(b) for b in args.batches.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     rows: list[dict] = []
@@ -181,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for model, bundle in targets:
             ddim = "pipeline" in bundle.meta
             for steps in ([int(s) for s in args.steps.split(",")] if ddim else [None]):
-                for backend_name, detector in backends_for(model, bundle, backends, steps):
+                for backend_name, detector in backends_for(model, bundle, backends, steps, device):
                     for batch in batches:
                         new = time_rows(bundle.model_name, detector, backend_name, batch, args.iters, args.warmup)
                         for row in new:
@@ -190,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
                         rows += new
                         print(f"{bundle.model_name} {backend_name} batch {batch}" + (f" steps {steps}" if ddim else "")
                               + f": {rows[-2]['fps']:.1f} FPS model, {rows[-1]['fps']:.1f} FPS stream", flush=True)
-    device = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
-    print_table(rows, device)
+    described = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+    if device == "cuda":
+        described = f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}); {described}"
+    print_table(rows, described)
     if args.json:
-        write_json(args.json, {"device": device, "environment": environment(("edge_ad", "torch", "onnxruntime", "opencv-python", "timm")),
+        write_json(args.json, {"device": described, "environment": environment(("edge_ad", "torch", "onnxruntime", "opencv-python", "timm")),
                                "papers": PAPERS, "rows": rows})
     return 0
 
