@@ -151,3 +151,20 @@ def test_runtime_runs_the_loop_without_torch(trained, run_without_torch) -> None
         print("ok", r.score)
     """)
     assert out.startswith("ok")
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_engines_agree_with_onnxruntime(trained, tmp_path) -> None:
+    """SPR: one engine with the noise as a fixed input; DiffAD: four engines, the loop on the device."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], bundle)
+    frames = [_frame(seed) for seed in range(4)]
+    want = np.array([r.score for r in edge_ad.load(bundle, backend="onnxruntime-cpu").predict(frames)])
+    with edge_ad.load(bundle, backend="tensorrt") as detector:
+        got = np.array([r.score for r in detector.predict(frames)])
+        again = np.array([r.score for r in detector.predict(frames)])          # the replayed CUDA graph
+    assert np.allclose(got, want, rtol=5e-2, atol=1e-3) and np.array_equal(got, again)
+    assert len(read_bundle(bundle).meta["engines"]) == len(read_bundle(bundle).meta["fp16"])
