@@ -54,13 +54,14 @@ def parse_batches(text: str) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-def _parse(trt, builder, network, onnx_path: Path) -> None:
-    parser = trt.OnnxParser(network, builder.logger if hasattr(builder, "logger") else trt.Logger(trt.Logger.WARNING))
+def _parse(trt, logger, network, onnx_path: Path):
+    """Fill `network` from the ONNX file; returns the parser, which must outlive the network."""
+    parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors) +
                            f" (run `python -m export.opcheck {onnx_path}` to see what it cannot take)")
-    builder._edge_ad_parser = parser          # the parser must outlive the network it filled
+    return parser
 
 
 def _profile(builder, network, batch: tuple[int, int, int]):
@@ -104,7 +105,7 @@ def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(strong_flag) if typing == "strong" else 0)
-    _parse(trt, builder, network, onnx_path)
+    parser = _parse(trt, logger, network, onnx_path)  # noqa: F841 - kept alive until the build
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     config.add_optimization_profile(_profile(builder, network, batch))

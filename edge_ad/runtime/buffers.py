@@ -16,9 +16,12 @@ Unverified: no GPU has run this module yet; nothing here is claimed to work unti
 from __future__ import annotations
 
 import importlib.util
+import logging
 from abc import ABC, abstractmethod
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CudaBuffers", "PycudaBuffers", "TorchBuffers", "open_buffers"]
 
@@ -139,7 +142,7 @@ def open_buffers(kind: str = "auto") -> CudaBuffers:
             try:
                 return TorchBuffers()
             except RuntimeError:
-                pass
+                log.info("torch has no CUDA device here; device memory from pycuda instead")
         kind = "pycuda"
     if kind == "torch":
         return TorchBuffers()

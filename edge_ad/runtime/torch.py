@@ -56,7 +56,7 @@ class TorchBackend:
         self.module = UInt8Input(core, model.mean, model.std).eval().to(self.device)
         self.spec = bundle.meta["heatmap"]
         self.cuda_graph = cuda_graph
-        self.graphs: dict[tuple[int, tuple[int, ...]], tuple] = {}
+        self.graphs: dict[tuple[int, ...], tuple] = {}
         if self.device.type == "cuda":
             self.infer_heatmap = self._infer_heatmap_cuda
         log.info("torch backend for %s on %s%s", bundle.model_name, self.device,
@@ -97,8 +97,7 @@ class TorchBackend:
 
     def _graph_for(self, shape: tuple[int, ...]) -> tuple:
         """Capture forward + heatmap for one input shape (after warm-up runs on a side stream)."""
-        key = (shape[0], shape)
-        if key not in self.graphs:
+        if shape not in self.graphs:
             torch = self.torch
             static_in = torch.zeros(shape, dtype=torch.uint8, device=self.device)
             side = torch.cuda.Stream()
@@ -110,8 +109,8 @@ class TorchBackend:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out, scores = self._post(self._forward(static_in))
-            self.graphs[key] = (static_in, out, scores, graph)
-        return self.graphs[key]
+            self.graphs[shape] = (static_in, out, scores, graph)
+        return self.graphs[shape]
 
     def close(self) -> None:
         self.graphs.clear()
