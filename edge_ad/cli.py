@@ -71,26 +71,53 @@ def _export(args: argparse.Namespace) -> int:
 
 def _stream(args: argparse.Namespace) -> int:
     import edge_ad
-    from edge_ad.stream import EventsSink, VideoSink, WindowSink
+    from edge_ad.stream import Reconnect, stop_on_signals
 
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
                             triton_url=args.triton_url)
+    policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
+    stream = detector.stream(args.source, sinks=_stream_sinks(args), batch=args.batch, max_frames=args.max_frames,
+                             duration=args.duration, idle_timeout=args.idle_timeout, reconnect=policy,
+                             realtime=args.realtime, loop=args.loop)
+    metrics = None
+    if args.metrics_port is not None:
+        from edge_ad.stream.prometheus import MetricsServer
+
+        metrics = MetricsServer(stream, args.metrics_port, host=args.metrics_host)
+    try:
+        with stop_on_signals(stream):
+            for item in stream:
+                if item.result.is_anomalous and args.verbose:
+                    print(f"{item.frame.source} frame {item.frame.index}: ANOMALY score "
+                          f"{item.result.normalized_score:.2f}", flush=True)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    summary = stream.summary()
+    print(json.dumps(summary, indent=2))
+    for name, s in summary["sources"].items():
+        print(f"{name}: {s['state']}, {s['frames']} frames, {s['fps']:.1f} FPS, latency p50 {s['latency_ms_p50']:.1f} ms "
+              f"p99 {s['latency_ms_p99']:.1f} ms, {s['anomalous']} anomalous, {s['dropped']} dropped, "
+              f"{s['corrupt']} corrupt, {s['reconnects']} reconnects")
+    print(f"{summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 {summary['latency_ms_p50']:.1f} ms, "
+          f"p99 {summary['latency_ms_p99']:.1f} ms, {summary['corrupt']} corrupt, {summary['dropped']} dropped")
+    return 0
+
+
+def _stream_sinks(args: argparse.Namespace) -> list:
+    """Snapshots first, so the events file can name each anomalous frame's snapshot."""
+    from edge_ad.stream import EventsSink, SnapshotSink, VideoSink, WindowSink
+
     sinks = []
+    if args.snapshots:
+        sinks.append(SnapshotSink(args.snapshots, budget_mb=args.snapshot_budget_mb))
     if args.events:
-        sinks.append(EventsSink(args.events))
+        sinks.append(EventsSink(args.events, frames=args.events_frames, fsync=args.fsync))
     if args.video:
         sinks.append(VideoSink(args.video, fps=args.fps))
     if args.show and WindowSink.available():
         sinks.append(WindowSink())
-    stream = detector.stream(args.source, sinks=sinks, max_frames=args.max_frames)
-    for item in stream:
-        if item.result.is_anomalous and args.verbose:
-            print(f"frame {item.frame.index}: ANOMALY score {item.result.normalized_score:.2f}")
-    summary = stream.summary()
-    print(json.dumps(summary, indent=2))
-    print(f"{summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 {summary['latency_ms_p50']:.1f} ms, "
-          f"p99 {summary['latency_ms_p99']:.1f} ms, {summary['corrupt']} corrupt, {summary['dropped']} dropped")
-    return 0
+    return sinks
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -110,11 +137,51 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
+def _stream_arguments(stream: argparse.ArgumentParser) -> None:
     from edge_ad.runtime import BACKENDS
 
+    stream.add_argument("bundle")
+    stream.add_argument("--source", required=True, action="append",
+                        help="camera index, video file, image folder or rtsp/http URL; repeat for several sources")
+    stream.add_argument("--backend", default="auto", choices=BACKENDS)
+    stream.add_argument("--triton-url", default=None, help="host:port of a Triton server (--backend triton)")
+    stream.add_argument("--batch", type=int, default=None,
+                        help="frames per inference (default: one per source, at most the engine's max or 8)")
+    stream.add_argument("--events", help="JSON Lines file: start, anomalies, source states, summary")
+    stream.add_argument("--events-frames", choices=("anomalous", "all"), default="anomalous",
+                        help="which frames get a line in --events (all: every part's result, for traceability)")
+    stream.add_argument("--fsync", action="store_true", help="fsync the events file after each line (power loss)")
+    stream.add_argument("--snapshots", metavar="DIR", help="save anomalous frames (original + heatmap) here")
+    stream.add_argument("--snapshot-budget-mb", type=float, default=500.0,
+                        help="disk budget of --snapshots; the oldest are deleted beyond it")
+    stream.add_argument("--video", help="annotated video file to write (one per source with several)")
+    stream.add_argument("--fps", type=float, default=15.0, help="frame rate of the annotated video")
+    stream.add_argument("--show", action="store_true", help="open a window when a display exists")
+    stream.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    stream.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address of the metrics endpoint (0.0.0.0 to let another machine scrape it)")
+    stream.add_argument("--retry-initial", type=float, default=0.5, help="first reconnection delay, seconds")
+    stream.add_argument("--retry-max", type=float, default=30.0, help="cap of the doubling reconnection delay")
+    stream.add_argument("--retry-budget", type=int, default=None,
+                        help="failed reconnection attempts in a row before a source fails (default: never)")
+    stream.add_argument("--realtime", action="store_true", help="pace video files at their frame rate")
+    stream.add_argument("--loop", action="store_true", help="replay video files from the start when they end")
+    stream.add_argument("--max-frames", type=int, default=None)
+    stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    stream.add_argument("--idle-timeout", type=float, default=None,
+                        help="stop when no source delivered a frame for this many seconds (default: wait)")
+    stream.add_argument("--steps", type=int, default=None, help="DDIM steps of a diffusion bundle (default: its own)")
+    stream.add_argument("--noise-seed", type=int, default=None,
+                        help="seed of the inference noise of SPR/DiffAD bundles (default: the bundle's)")
+    stream.add_argument("--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
+
     parser = argparse.ArgumentParser(prog="edge-ad", description="Visual anomaly detection for factory lines.")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on synthetic data")
     demo.add_argument("--out", default="runs/demo")
@@ -160,20 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--triton", metavar="DIR", help="write a Triton Inference Server model repository")
     export.add_argument("--max-batch", type=int, default=8, help="Triton max_batch_size")
     export.set_defaults(func=_export)
-    stream = sub.add_parser("stream", help="run a bundle on a camera, video, URL or image folder")
-    stream.add_argument("bundle")
-    stream.add_argument("--source", required=True, help="camera index, video file, image folder or rtsp/http URL")
-    stream.add_argument("--backend", default="auto", choices=BACKENDS)
-    stream.add_argument("--triton-url", default=None, help="host:port of a Triton server (--backend triton)")
-    stream.add_argument("--events", help="JSON Lines file of anomalous frames")
-    stream.add_argument("--video", help="annotated video file to write")
-    stream.add_argument("--fps", type=float, default=15.0, help="frame rate of the annotated video")
-    stream.add_argument("--show", action="store_true", help="open a window when a display exists")
-    stream.add_argument("--max-frames", type=int, default=None)
-    stream.add_argument("--steps", type=int, default=None, help="DDIM steps of a diffusion bundle (default: its own)")
-    stream.add_argument("--noise-seed", type=int, default=None,
-                        help="seed of the inference noise of SPR/DiffAD bundles (default: the bundle's)")
-    stream.add_argument("--verbose", action="store_true")
+    stream = sub.add_parser("stream", help="run a bundle on cameras, videos, URLs or image folders")
+    _stream_arguments(stream)
     stream.set_defaults(func=_stream)
     info = sub.add_parser("info", help="what this installation can use (kernels, GPUs, runtimes)")
     info.set_defaults(func=_info)
@@ -183,10 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; errors the user can act on print one line and exit with status 2."""
     args = build_parser().parse_args(argv)
+    from edge_ad.logs import configure
+
+    configure(args.log_format, args.log_level)
     try:
         return args.func(args)
     except (ValueError, ConnectionError, FileNotFoundError, IOError, RuntimeError) as err:
-        print(f"edge-ad {args.command}: error: {err}", file=sys.stderr)
+        from edge_ad.logs import redact
+
+        print(f"edge-ad {args.command}: error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 

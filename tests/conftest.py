@@ -58,3 +58,18 @@ def run_without_torch() -> Callable[[str], str]:
         return out.stdout
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A SimpleNet bundle trained for one epoch on a tiny synthetic conveyor category (64 px):
+    a real model for the stream tests, built once per session (a few seconds)."""
+    from edge_ad.data.synthetic import Counts, make_category
+    from edge_ad.training.run import TrainConfig, train
+    from export.bundle import export_run
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_category(root / "data", "conveyor", counts=Counts(train=8, test_good=2, test_per_defect=1), seed=3)
+    train(TrainConfig(data=str(data), out=str(root / "run"), epochs=1, batch_size=4,
+                      model_kwargs={"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32}))
+    return export_run(root / "run", root / "bundle").path

@@ -123,8 +123,11 @@ def test_stream_video_writes_events_and_video(trained, tmp_path) -> None:
     while cap.read()[0]:
         frames += 1
     assert frames == 20
-    for line in (tmp_path / "ev.jsonl").read_text().splitlines():
-        event = json.loads(line)
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "summary" and events[-1]["frames"] == 20
+    anomalies = [e for e in events if e["event"] == "anomaly"]
+    assert len(anomalies) == events[-1]["anomalous"]
+    for event in anomalies:
         assert {"frame", "score", "latency_ms", "source"} <= set(event)
 
 

@@ -36,15 +36,23 @@ class Detector:
     def model_name(self) -> str:
         return self.bundle.model_name
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray], *, color: str | None = None) -> Result | list[Result]:
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the backend takes in one run (a TensorRT profile's max); None: any."""
+        return getattr(self.backend, "max_batch", None)
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], *,
+                color: str | Sequence[str] | None = None) -> Result | list[Result]:
         """One image -> one Result; a list of images -> a list of Results (one batched inference).
-        `color` overrides the detector's channel order for this call."""
+        `color` overrides the detector's channel order for this call: one for all, or one per image."""
         single = isinstance(images, np.ndarray)
         batch = [images] if single else list(images)
         if not batch:
             return []
-        bgr = (color or self.color) == "BGR"
-        rgb = [to_rgb_uint8(im, bgr=bgr) for im in batch]
+        colors = [color or self.color] * len(batch) if color is None or isinstance(color, str) else list(color)
+        if len(colors) != len(batch):
+            raise ValueError(f"got {len(colors)} colour orders for {len(batch)} images")
+        rgb = [to_rgb_uint8(im, bgr=c == "BGR") for im, c in zip(batch, colors)]
         maps, scores = self.heatmaps(np.stack([prepare(im, self.geometry) for im in rgb]))
         results = self.results(maps, scores, [im.shape[:2] for im in rgb])
         return results[0] if single else results
@@ -58,6 +66,10 @@ class Detector:
     def heatmaps(self, prepared: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """Prepared uint8 batch -> (full-size maps of the crop, or None; scores): on the device when
         the backend post-processes there (TensorRT), else the CPU kernel on the backend's raw maps."""
+        limit = self.max_batch
+        if limit and len(prepared) > limit:            # larger than the engine's profile: in chunks
+            parts = [self.heatmaps(prepared[i:i + limit], maps=maps) for i in range(0, len(prepared), limit)]
+            return (np.concatenate([m for m, _ in parts]) if maps else None), np.concatenate([s for _, s in parts])
         on_device = getattr(self.backend, "infer_heatmap", None)
         if on_device is not None:
             return on_device(prepared, maps=maps)

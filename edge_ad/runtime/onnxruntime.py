@@ -65,6 +65,8 @@ class OrtBackend:
         self.session, self.device = ort_session(model_path, device=device, threads=threads, spinning=spinning)
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
+        first = self.session.get_inputs()[0].shape[0]
+        self.max_batch = first if isinstance(first, int) else None       # None: a dynamic batch axis
         self.feeds = dict(feeds or {})
         wanted = {i.name for i in self.session.get_inputs()[1:]}
         if wanted != set(self.feeds):

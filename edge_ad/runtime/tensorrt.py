@@ -222,6 +222,10 @@ class TrtBackend(_DeviceHeatmap):
             self.buffers.htod(e.address[name], np.ascontiguousarray(value, dtype=e.dtypes[name]), e.stream)
         self.buffers.synchronize(e.stream)
 
+    @property
+    def max_batch(self) -> int:
+        return self.engine.max_batch
+
     def _set_batch(self, n: int) -> None:
         self.engine.set_batch(n)
 
@@ -255,7 +259,7 @@ class TrtDdimBackend(_DeviceHeatmap):
         self.plan = ddim_schedule(int(steps or pipeline["steps"]), timesteps=pipeline["timesteps"],
                                   beta_start=pipeline["beta_start"], beta_end=pipeline["beta_end"])
         self.clamp = pipeline.get("clamp")
-        nmax = min(e.max_batch for e in (self.enc, self.den, self.dec, self.seg))
+        self.max_batch = nmax = min(e.max_batch for e in (self.enc, self.den, self.dec, self.seg))
         self._wire()
         self.latent_count = int(np.prod(pipeline["latent_shape"]))
         self.host_in = self.buffers.pinned((nmax, *self.enc.shapes["images"][1:]), np.uint8)

@@ -1,8 +1,12 @@
-"""Streaming: sources read by their own threads, the inference pipeline, and sinks."""
+"""Streaming: sources read by their own threads, the batched multi-source pipeline, sinks, metrics."""
 
-from edge_ad.stream.pipeline import Stream, StreamItem
+from edge_ad.logs import redact
+from edge_ad.stream.capture import CameraSource, CaptureSource, NetworkSource, Reconnect, VideoFileSource
+from edge_ad.stream.pipeline import Stream, StreamItem, stop_on_signals
 from edge_ad.stream.sinks import EventsSink, VideoSink, WindowSink
-from edge_ad.stream.sources import CaptureSource, FolderSource, Frame, Source, open_source, redact
+from edge_ad.stream.snapshots import SnapshotSink
+from edge_ad.stream.sources import FolderSource, Frame, IterableSource, Source, open_source
 
-__all__ = ["CaptureSource", "EventsSink", "FolderSource", "Frame", "Source", "Stream", "StreamItem", "VideoSink",
-           "WindowSink", "open_source", "redact"]
+__all__ = ["CameraSource", "CaptureSource", "EventsSink", "FolderSource", "Frame", "IterableSource", "NetworkSource",
+           "Reconnect", "SnapshotSink", "Source", "Stream", "StreamItem", "VideoFileSource", "VideoSink", "WindowSink",
+           "open_source", "redact", "stop_on_signals"]

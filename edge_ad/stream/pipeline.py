@@ -1,99 +1,307 @@
-"""The streaming loop: frames from a source through the detector to the sinks, with timing.
+"""The streaming loop: frames from one or many sources, batched through the detector, out to the sinks.
 
-    for item in detector.stream("video.mp4"):
-        print(item.frame.index, item.result.score, item.latency_ms)
+    for item in detector.stream(["line1.mp4", "rtsp://cam2/stream"]):
+        print(item.frame.source, item.frame.index, item.result.score, item.latency_ms)
+
+Each source has its own reader thread. The loop takes what is ready, one frame per source per
+round, up to the batch size, and runs them as one inference; it never waits on a particular
+source, so one slow, dead or reconnecting camera never stalls the others. `stop()` (or SIGINT /
+SIGTERM under `stop_on_signals`) ends the stream after processing the frames already read.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+import edge_ad
 from edge_ad.runtime.result import Result
 from edge_ad.stream.sources import Frame, Source, open_source
 
 log = logging.getLogger(__name__)
+
+MAX_INFERENCE_FAILURES = 5         # in a row: the backend is broken, not one frame
+DEFAULT_MAX_BATCH = 8
 
 
 @dataclass
 class StreamItem:
     frame: Frame
     result: Result
-    latency_ms: float          # from the frame being read to its result being ready
-
-
-@dataclass
-class StreamStats:
-    frames: int = 0
-    anomalous: int = 0
-    seconds: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list, repr=False)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
-
-    def summary(self, source: Source) -> dict:
-        s = source.stats
-        return {"frames": self.frames, "anomalous": self.anomalous, "seconds": round(self.seconds, 3),
-                "fps": round(self.fps, 2), "latency_ms_p50": round(self.percentile(50), 2),
-                "latency_ms_p99": round(self.percentile(99), 2), "dropped": s.frames_dropped,
-                "corrupt": s.frames_corrupt, "source_state": s.state}
+    latency_ms: float                                   # from the frame being read to its result being ready
+    notes: dict = field(default_factory=dict)           # what sinks added (e.g. the snapshot's path)
 
 
 class Stream:
-    """Iterate to process a source; `stats` and `summary()` report FPS, latency, drops, corrupt frames."""
+    """Iterate to process the sources; `summary()` reports FPS, latency, drops, corrupt frames per source.
 
-    def __init__(self, detector, source: str | int | Path | Source, *, sinks: list | None = None,
-                 max_frames: int | None = None, idle_timeout: float = 10.0) -> None:
+    `sources`: one spec or a list (camera index, file, folder, URL, Source, iterable of arrays).
+    `batch`: frames per inference (default: one per source, at most the engine's max or 8).
+    Ends when every source has ended or failed, after `max_frames` frames or `duration` seconds,
+    when no frame came for `idle_timeout` seconds (None: wait for ever), or on `stop()`."""
+
+    def __init__(self, detector, sources, *, sinks: list | None = None, batch: int | None = None,
+                 max_frames: int | None = None, duration: float | None = None, idle_timeout: float | None = None,
+                 reconnect=None, realtime: bool = False, loop: bool = False) -> None:
+        specs = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+        if not specs:
+            raise ValueError("stream needs at least one source")
+        if any(isinstance(s, np.ndarray) for s in specs):
+            raise TypeError("a list of arrays is read as a list of sources: wrap the frames in IterableSource(frames)")
         self.detector = detector
-        self.source = source if isinstance(source, Source) else open_source(source)
-        self.sinks = sinks or []
-        self.max_frames = max_frames
-        self.idle_timeout = idle_timeout
-        self.stats = StreamStats()
+        self.batch = _batch_size(batch, len(specs), detector.max_batch)
+        self.sources: list[Source] = _unique([open_source(s, reconnect=reconnect, realtime=realtime, loop=loop,
+                                                          buffer=max(4, self.batch)) for s in specs])
+        self.sinks = list(sinks or [])
+        self.max_frames, self.duration, self.idle_timeout = max_frames, duration, idle_timeout
+        self.frames = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._turn = 0
+        self._failures = 0
+        self._sink_errors: dict[int, float] = {}
 
-    def __iter__(self):
-        self.source.start()
-        start = time.perf_counter()
-        idle_since = time.perf_counter()
+    @property
+    def source(self) -> Source:
+        """The first source (the only one of a single-source stream)."""
+        return self.sources[0]
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """End after the frames already read (safe from a signal handler or another thread)."""
+        self._stopping.set()
+        self._ready.set()
+
+    # The loop --------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[StreamItem]:
+        self._t0 = start = time.monotonic()
+        self._start()
+        idle_since = time.monotonic()
         try:
-            while self.max_frames is None or self.stats.frames < self.max_frames:
-                frame = self.source.get(timeout=0.5)
-                if frame is None:
-                    if self.source.finished:
-                        break
-                    if time.perf_counter() - idle_since > self.idle_timeout:
-                        log.warning("no frame from %s for %.0f s; stopping", self.source.name, self.idle_timeout)
-                        break
-                    continue
-                idle_since = time.perf_counter()
-                result = self.detector.predict(frame.image, color=frame.color)
-                item = StreamItem(frame, result, (time.time() - frame.timestamp) * 1e3)
-                self.stats.frames += 1
-                self.stats.anomalous += int(result.is_anomalous)
-                self.stats.latencies_ms.append(item.latency_ms)
-                for sink in self.sinks:
-                    sink.write(item)
-                yield item
+            while not self._stopping.is_set() and not self._limit_reached(start, idle_since):
+                frames = self._collect(wait=0.5)
+                self._forward_events()
+                if frames:
+                    idle_since = time.monotonic()
+                    yield from self._process(frames)
+                elif all(s.finished for s in self.sources):
+                    break
+            if self._stopping.is_set():
+                yield from self._drain()
         finally:
-            self.stats.seconds = time.perf_counter() - start
-            self.source.close()
-            for sink in self.sinks:
-                sink.close()
+            self.seconds = time.monotonic() - start
+            self._finish()
 
+    def _start(self) -> None:
+        for source in self.sources:
+            source.attach(self._ready)
+        started = []
+        try:
+            for source in self.sources:
+                started.append(source.start())
+        except BaseException:
+            for source in started:
+                source.close()
+            raise
+        self._event({"event": "start", "time": time.time(), "edge_ad": edge_ad.__version__,
+                     "model": self.detector.model_name, "backend": getattr(self.detector.backend, "name", "?"),
+                     "batch": self.batch, "sources": [s.name for s in self.sources]})
+        log.info("streaming %d source(s) in batches of up to %d: %s", len(self.sources), self.batch,
+                 ", ".join(s.name for s in self.sources))
+
+    def _limit_reached(self, start: float, idle_since: float) -> bool:
+        now = time.monotonic()
+        if self.max_frames is not None and self.frames >= self.max_frames:
+            return True
+        if self.duration is not None and now - start >= self.duration:
+            log.info("duration of %.0f s reached; stopping", self.duration)
+            return True
+        if self.idle_timeout is not None and now - idle_since > self.idle_timeout:
+            log.warning("no frame from any source for %.0f s; stopping", self.idle_timeout)
+            return True
+        return False
+
+    def _collect(self, wait: float) -> list[Frame]:
+        """Frames that are ready, one per source per round, up to the batch size; waits at most `wait`."""
+        self._ready.clear()
+        frames = self._take()
+        if not frames and not self._stopping.is_set():
+            self._ready.wait(wait)
+            frames = self._take()
+        return frames
+
+    def _take(self) -> list[Frame]:
+        limit = self.batch if self.max_frames is None else min(self.batch, self.max_frames - self.frames)
+        n, taken, progress = len(self.sources), [], True
+        while progress and len(taken) < limit:
+            progress = False
+            for k in range(n):
+                if len(taken) >= limit:
+                    break
+                frame = self.sources[(self._turn + k) % n].get(timeout=0)
+                if frame is not None:
+                    taken.append(frame)
+                    progress = True
+        self._turn = (self._turn + 1) % n
+        return taken
+
+    def _drain(self) -> Iterator[StreamItem]:
+        """After stop(): read nothing more, process what the sources already hold."""
+        for source in self.sources:
+            source.stop_reading()
+        held = sum(s.buffered for s in self.sources)
+        log.info("stopping: processing the %d frame(s) already read", held)
+        while frames := self._take():
+            yield from self._process(frames)
+
+    def _process(self, frames: list[Frame]) -> Iterator[StreamItem]:
+        stats = {s.name: s.stats for s in self.sources}
+        fresh = []
+        for frame in frames:
+            if frame.index <= stats[frame.source].last_index:
+                stats[frame.source].duplicates += 1
+                log.error("source %s: frame %d came again after frame %d; skipped", frame.source, frame.index,
+                          stats[frame.source].last_index)
+            else:
+                fresh.append(frame)
+        results = self._infer(fresh)
+        if results is None:
+            return
+        done = time.time()
+        now = time.monotonic()
+        for frame, result in zip(fresh, results):
+            item = StreamItem(frame, result, (done - frame.timestamp) * 1e3)
+            stats[frame.source].record(frame.index, item.latency_ms, result.is_anomalous, now)
+            self.frames += 1
+            self._write(item)
+            yield item
+
+    def _infer(self, frames: list[Frame]) -> list[Result] | None:
+        """The batch's results; None when inference failed (counted, logged; raised when it keeps failing)."""
+        if not frames:
+            return None
+        try:
+            results = self.detector.predict([f.image for f in frames], color=[f.color for f in frames])
+        except Exception as err:
+            self._failures += 1
+            for frame in frames:
+                next(s for s in self.sources if s.name == frame.source).stats.inference_errors += 1
+            log.error("inference failed on %d frame(s) (%d in a row): %s", len(frames), self._failures, err)
+            if self._failures >= MAX_INFERENCE_FAILURES:
+                raise RuntimeError(f"inference failed {self._failures} times in a row; last error: {err}") from err
+            return None
+        self._failures = 0
+        return results
+
+    # Sinks and events ------------------------------------------------------------------------------
+    def _write(self, item: StreamItem) -> None:
+        for sink in self.sinks:
+            self._guard(sink, sink.write, item)
+
+    def _event(self, event: dict) -> None:
+        for sink in self.sinks:
+            handler = getattr(sink, "event", None)
+            if handler is not None:
+                self._guard(sink, handler, event)
+
+    def _forward_events(self) -> None:
+        for source in self.sources:
+            for event in source.take_events():
+                self._event(event)
+
+    def _guard(self, sink, method, arg) -> None:
+        """A failing sink (full disk, closed window) is logged at most once a minute; the stream goes on."""
+        try:
+            method(arg)
+        except Exception as err:  # noqa: BLE001 - inspection continues; the log says what broke
+            last = self._sink_errors.get(id(sink), 0.0)
+            if time.monotonic() - last > 60:
+                log.error("sink %s failed: %s (the stream continues; repeated errors are logged once a minute)",
+                          type(sink).__name__, err)
+                self._sink_errors[id(sink)] = time.monotonic()
+
+    def _finish(self) -> None:
+        for source in self.sources:
+            source.close()
+        self._forward_events()
+        self._event({"event": "summary", "time": time.time(), **self.summary()})
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as err:  # noqa: BLE001 - one sink's close must not keep the others open
+                log.error("closing sink %s failed: %s", type(sink).__name__, err)
+
+    # Results -------------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Process the whole source; return the summary."""
+        """Process the sources until the stream ends; return the summary."""
         for _ in self:
             pass
         return self.summary()
 
     def summary(self) -> dict:
-        return self.stats.summary(self.source)
+        """Totals (frames, fps, latency percentiles over all sources, drops, corrupt) and `sources`: per source."""
+        seconds = self.seconds or (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
+        per = {s.name: s.stats.summary(seconds) for s in self.sources}
+        latencies = np.concatenate([np.asarray(s.stats.latencies_ms, np.float64) for s in self.sources])
+        total = sum(p["frames"] for p in per.values())
+        return {"frames": total, "anomalous": sum(p["anomalous"] for p in per.values()),
+                "seconds": round(seconds, 3), "fps": round(total / seconds, 2) if seconds > 0 else 0.0,
+                "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2) if latencies.size else 0.0,
+                "latency_ms_p99": round(float(np.percentile(latencies, 99)), 2) if latencies.size else 0.0,
+                "dropped": sum(p["dropped"] for p in per.values()), "corrupt": sum(p["corrupt"] for p in per.values()),
+                "source_state": self.sources[0].stats.state, "batch": self.batch, "sources": per}
+
+
+@contextmanager
+def stop_on_signals(stream: Stream, signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> Iterator[Stream]:
+    """While inside, SIGINT/SIGTERM stop `stream` gracefully (the frames in flight are processed and
+    the sinks closed); a second signal interrupts at once. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stream
+        return
+
+    def handler(signum, _frame) -> None:
+        if stream.stopping:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
+        log.warning("%s received: finishing the frames in flight, then stopping", signal.Signals(signum).name)
+        stream.stop()
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stream
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def _batch_size(batch: int | None, sources: int, limit: int | None) -> int:
+    if batch is not None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if limit is not None and batch > limit:
+            raise ValueError(f"batch {batch} is above what the engine takes ({limit}); rebuild it with "
+                             f"`edge-ad export BUNDLE --engine --batch 1,{batch},{batch}` or lower --batch")
+        return batch
+    return max(1, min(sources, limit or DEFAULT_MAX_BATCH))
+
+
+def _unique(sources: list[Source]) -> list[Source]:
+    """Give sources with the same name (two cameras on one URL, two folders called `images`) #2, #3."""
+    seen: dict[str, int] = {}
+    for source in sources:
+        seen[source.name] = seen.get(source.name, 0) + 1
+        if seen[source.name] > 1:
+            source.name = f"{source.name}#{seen[source.name]}"
+    return sources

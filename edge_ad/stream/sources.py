@@ -1,72 +1,69 @@
-"""Frame sources, each read by its own thread: camera index, video file, RTSP/HTTP URL, image folder.
+"""Frame sources, each read by its own thread, and `open_source` that builds one from what a user types.
 
 Live sources (camera, network stream) keep only the newest frame and count what they drop, so a
-slow model never builds up latency. Files and folders deliver every frame in order. A frame that
-cannot be decoded is skipped and counted, never replaced by a made-up one.
+slow model never builds up latency. Files, folders and iterables deliver every frame in order.
+Every frame is checked on the reader thread: one that cannot be decoded is skipped and counted,
+grayscale, 16-bit and 4-channel frames are converted to 8-bit colour, a change of size or format
+is logged; nothing is ever replaced by a made-up frame. State changes (connected, reconnecting,
+ended, failed) are logged and queued for the pipeline, which hands them to the sinks.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from abc import ABC, abstractmethod
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
 
-from edge_ad.data.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from edge_ad.data.images import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb_uint8
+from edge_ad.logs import redact
+from edge_ad.stream.stats import SourceStats
 
 log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https)://", re.IGNORECASE)
-_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
-
-
-def redact(url: str) -> str:
-    """The URL with any user:password@ removed, for logs and events."""
-    return _CREDENTIALS.sub(r"\1***@", url)
+ENDED_STATES = ("ended", "failed", "stopped")
 
 
 @dataclass
 class Frame:
     index: int                 # position in the source (frames dropped by a live source leave gaps)
-    image: np.ndarray          # as decoded: BGR uint8 for cameras/videos, RGB for folders (see color)
+    image: np.ndarray          # 8-bit, 3 channels, in the order `color` says
     timestamp: float           # time.time() when read
     source: str
-    color: str = "BGR"
+    color: str = "BGR"         # BGR for cameras, videos, streams; RGB for folders
     name: str | None = None    # file name, for folder sources
 
 
-@dataclass
-class SourceStats:
-    frames_read: int = 0
-    frames_dropped: int = 0    # live sources: overwritten before the model took them
-    frames_corrupt: int = 0    # skipped: could not be decoded
-    state: str = "connecting"
-    errors: list[str] = field(default_factory=list)
-
-
 class Source(ABC):
-    """Base: a reader thread fills a buffer; `get()` hands frames to the pipeline."""
+    """Base: a reader thread fills a bounded buffer; `get()` hands frames to the pipeline."""
 
     live = False
+    color = "BGR"
 
     def __init__(self, name: str, *, buffer: int = 4) -> None:
-        self.name = name
+        self.name = redact(name)
         self.stats = SourceStats()
-        self._frames: deque[Frame] = deque(maxlen=1 if self.live else buffer)
+        self._frames: deque[Frame] = deque(maxlen=1 if self.live else max(1, buffer))
+        self._events: deque[dict] = deque(maxlen=1000)
         self._cond = threading.Condition()
         self._done = False
         self._stop = threading.Event()
+        self._listener: threading.Event | None = None
         self._thread: threading.Thread | None = None
+        self._format: tuple | None = None
 
     # The reader thread --------------------------------------------------------------------
     def start(self) -> "Source":
+        """Open (raising a clear error for a missing file or camera) and start reading."""
         self._open()
         self._thread = threading.Thread(target=self._run, name=f"edge_ad-source-{self.name}", daemon=True)
         self._thread.start()
@@ -75,18 +72,36 @@ class Source(ABC):
     def _run(self) -> None:
         try:
             self._read_loop()
-        except Exception as err:  # noqa: BLE001 - reported through stats and the log, never silent
-            self.stats.errors.append(str(err))
-            self.stats.state = "failed"
-            log.error("source %s failed: %s", self.name, err)
+            if self.stats.state not in ENDED_STATES:
+                self._set_state("stopped" if self._stop.is_set() else "ended")
+        except Exception as err:  # noqa: BLE001 - reported through stats, events and the log, never silent
+            self.stats.errors.append(redact(str(err)))
+            self._set_state("failed", error=redact(str(err)), level=logging.ERROR)
         finally:
             self._release()
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+            self._wake()
 
-    def _put(self, frame: Frame) -> None:
+    def _set_state(self, state: str, *, level: int = logging.INFO, **fields) -> None:
+        """Record a state change: stats, the log, and an event for the sinks."""
+        self.stats.state = state
+        detail = ", ".join(f"{k}={v}" for k, v in fields.items())
+        log.log(level, "source %s: %s%s", self.name, state, f" ({detail})" if detail else "",
+                extra={"source": self.name, "state": state})
+        self._events.append({"event": "source", "source": self.name, "state": state, "time": time.time(), **fields})
+        self._wake()
+
+    def _put(self, image: np.ndarray | None, index: int, name: str | None = None) -> bool:
+        """Check/convert a decoded frame and buffer it; False when it was skipped as corrupt."""
+        image = self._accept(image, index)
+        if image is None:
+            return False
+        frame = Frame(index, image, time.time(), self.name, color=self.color, name=name)
         with self._cond:
+            if self._stop.is_set():
+                return True                # stopping: read after the drain began, not handed over, not counted
             if self.live:
                 if self._frames:
                     self.stats.frames_dropped += 1
@@ -94,15 +109,57 @@ class Source(ABC):
             else:
                 while len(self._frames) == self._frames.maxlen and not self._stop.is_set():
                     self._cond.wait(0.1)   # files: wait for the model, lose nothing
+                if self._stop.is_set():
+                    return True
                 self._frames.append(frame)
             self.stats.frames_read += 1
             self._cond.notify_all()
+        self._wake()
+        return True
+
+    def _accept(self, image: np.ndarray | None, index: int) -> np.ndarray | None:
+        """The frame as 8-bit 3-channel `self.color`; None (counted, logged) when it is unusable."""
+        if not isinstance(image, np.ndarray) or image.size == 0:
+            self._corrupt(index, "empty or undecodable frame")
+            return None
+        fmt = (image.shape, image.dtype.str)
+        if fmt != self._format:
+            if self._format is not None:
+                self.stats.format_changes += 1
+                log.warning("source %s: frame %d is %s, the frames before were %s; it is resized and converted "
+                            "for the model", self.name, index, _describe(fmt), _describe(self._format),
+                            extra={"source": self.name})
+            self._format = fmt
+            if not (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+                log.info("source %s: frames are %s; converting them to 8-bit colour", self.name, _describe(fmt),
+                         extra={"source": self.name})
+        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            return image
+        try:
+            rgb = to_rgb_uint8(image, bgr=self.color == "BGR")
+        except ValueError as err:
+            self._corrupt(index, str(err))
+            return None
+        self.stats.frames_converted += 1
+        return rgb if self.color == "RGB" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+    def _corrupt(self, index: int, why: str) -> None:
+        self.stats.frames_corrupt += 1
+        log.warning("source %s: frame %d skipped: %s", self.name, index, redact(why), extra={"source": self.name})
+
+    def _wake(self) -> None:
+        if self._listener is not None:
+            self._listener.set()
 
     # The consumer side ----------------------------------------------------------------------
+    def attach(self, listener: threading.Event) -> None:
+        """`listener` is set whenever a frame or an event arrives, or the source ends."""
+        self._listener = listener
+
     def get(self, timeout: float = 1.0) -> Frame | None:
         """The next frame; None when none arrived within `timeout` (check `finished`)."""
         with self._cond:
-            if not self._frames and not self._done:
+            if not self._frames and not self._done and timeout > 0:
                 self._cond.wait(timeout)
             if self._frames:
                 frame = self._frames.popleft()
@@ -110,21 +167,40 @@ class Source(ABC):
                 return frame
             return None
 
+    def take_events(self) -> list[dict]:
+        """State-change events since the last call."""
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        return events
+
+    @property
+    def buffered(self) -> int:
+        """Frames read and not yet taken."""
+        with self._cond:
+            return len(self._frames)
+
     @property
     def finished(self) -> bool:
         with self._cond:
             return self._done and not self._frames
 
-    def close(self) -> None:
+    def stop_reading(self) -> None:
+        """Read no more frames; those already buffered stay for `get()` (the drain on shutdown)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+
+    def close(self) -> None:
+        self.stop_reading()
         if self._thread is not None:
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=10.0)
+            if self._thread.is_alive():
+                log.warning("source %s: reader thread still blocked after 10 s; leaving it", self.name)
 
     # For subclasses ---------------------------------------------------------------------------
     def _open(self) -> None:
-        """Open the device/file; raise ConnectionError/FileNotFoundError with a clear message."""
+        """Open what must exist before streaming; raise ConnectionError/FileNotFoundError clearly."""
 
     @abstractmethod
     def _read_loop(self) -> None:
@@ -134,64 +210,10 @@ class Source(ABC):
         pass
 
 
-class CaptureSource(Source):
-    """cv2.VideoCapture: camera index, video file or network URL."""
-
-    def __init__(self, target: int | str, name: str, *, live: bool, buffer: int = 4) -> None:
-        self.live = live
-        super().__init__(name, buffer=buffer)
-        self.target = target
-        self.cap: cv2.VideoCapture | None = None
-
-    def _open(self) -> None:
-        self.cap = cv2.VideoCapture(self.target)
-        if not self.cap.isOpened():
-            self.cap.release()
-            what = f"camera {self.target}" if isinstance(self.target, int) else self.name
-            hint = ("check that it is connected and not used by another program (ls /dev/video*)"
-                    if isinstance(self.target, int) else "check the path/URL and that OpenCV can decode it")
-            raise ConnectionError(f"cannot open {what}: {hint}")
-        self.stats.state = "connected"
-
-    def _read_loop(self) -> None:
-        index = 0
-        corrupt_run = 0
-        while not self._stop.is_set():
-            grabbed = self.cap.grab()
-            if not grabbed:
-                if self._at_end(index):
-                    break
-                corrupt_run += 1
-                self.stats.frames_corrupt += 1
-                log.warning("%s: frame %d could not be read; skipped", self.name, index)
-                index += 1
-                if corrupt_run > 100:
-                    raise IOError(f"{self.name}: 100 unreadable frames in a row")
-                continue
-            ok, image = self.cap.retrieve()
-            if not ok or image is None or image.size == 0:
-                self.stats.frames_corrupt += 1
-                log.warning("%s: frame %d could not be decoded; skipped", self.name, index)
-            else:
-                corrupt_run = 0
-                self._put(Frame(index, image, time.time(), self.name))
-            index += 1
-        self.stats.state = "ended"
-
-    def _at_end(self, index: int) -> bool:
-        """A file ends when its position reaches its frame count (or the count is unknown)."""
-        if self.live:
-            return True
-        total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        return total <= 0 or index >= total - 1
-
-    def _release(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-
-
 class FolderSource(Source):
-    """Every image of a folder, sorted by name; unreadable files are skipped and counted."""
+    """Every image of a folder, sorted by name; non-images and unreadable files are skipped and counted."""
+
+    color = "RGB"
 
     def __init__(self, folder: Path, name: str, *, buffer: int = 4) -> None:
         super().__init__(name, buffer=buffer)
@@ -201,37 +223,77 @@ class FolderSource(Source):
         if not self.folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.folder}")
         self.files = sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        self.stats.state = "connected"
+        self._set_state("connected", files=len(self.files))
 
     def _read_loop(self) -> None:
         for index, path in enumerate(self.files):
             if self._stop.is_set():
                 break
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                log.warning("%s: skipping %s (not an image file)", self.name, path.name)
-                self.stats.frames_corrupt += 1
+                self._corrupt(index, f"{path.name} is not an image file")
                 continue
             try:
                 image = read_image(path)
             except ImageReadError as err:
-                self.stats.frames_corrupt += 1
-                log.warning("%s: %s; skipped", self.name, err)
+                self._corrupt(index, str(err))
                 continue
-            self._put(Frame(index, image, time.time(), self.name, color="RGB", name=path.name))
-        self.stats.state = "ended"
+            self._put(image, index, name=path.name)
 
 
-def open_source(spec: str | int | Path) -> Source:
-    """Build a source from what a user types: 0, "0", a video path, a folder, or an rtsp/http URL."""
+class IterableSource(Source):
+    """Frames from any iterable of numpy arrays: a machine-vision camera SDK, a generator, a list.
+
+    `color` is the order of 3/4-channel frames; any size, 1/3/4 channels, 8/16-bit or float in [0, 1]
+    is accepted and converted. With `live=True` only the newest frame is kept, like a camera."""
+
+    def __init__(self, frames: Iterable[np.ndarray], name: str = "frames", *, color: str = "BGR",
+                 live: bool = False, buffer: int = 4) -> None:
+        if color not in ("BGR", "RGB"):
+            raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
+        self.live, self.color = live, color
+        super().__init__(name, buffer=buffer)
+        self.frames = frames
+
+    def _open(self) -> None:
+        self._set_state("connected")
+
+    def _read_loop(self) -> None:
+        for index, image in enumerate(self.frames):
+            if self._stop.is_set():
+                break
+            self._put(image, index)
+
+
+def open_source(spec, *, reconnect=None, realtime: bool = False, loop: bool = False, buffer: int = 4) -> Source:
+    """A source from what a user types: 0 / "0" (camera), a video path, an image folder, an rtsp/http
+    URL or a GStreamer pipeline ending in appsink; a Source or an iterable of arrays is used as is.
+
+    `reconnect` (a `Reconnect`) is the retry policy of cameras and network streams; `realtime` paces
+    a video file at its frame rate, `loop` replays it (frame indices keep counting)."""
+    from edge_ad.stream.capture import CameraSource, NetworkSource, Reconnect, VideoFileSource
+
+    if isinstance(spec, Source):
+        return spec
+    policy = reconnect or Reconnect()
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        return CaptureSource(int(spec), f"camera{int(spec)}", live=True)
-    text = str(spec)
-    if _URL.match(text):
-        return CaptureSource(text, redact(text), live=True)
-    path = Path(text)
-    if path.is_dir():
-        return FolderSource(path, path.name)
-    if path.is_file():
-        return CaptureSource(str(path), path.name, live=False)
-    raise FileNotFoundError(f"source not found: {text} (a camera index, a video file, an image folder, "
-                            "or an rtsp:// / http:// URL)")
+        return CameraSource(int(spec), reconnect=policy)
+    if isinstance(spec, (str, Path)):
+        text = str(spec)
+        if _URL.match(text) or "appsink" in text:
+            return NetworkSource(text, reconnect=policy)
+        path = Path(text)
+        if path.is_dir():
+            return FolderSource(path, path.name, buffer=buffer)
+        if path.is_file():
+            return VideoFileSource(path, realtime=realtime, loop=loop, buffer=buffer)
+        raise FileNotFoundError(f"source not found: {redact(text)} (a camera index, a video file, an image "
+                                "folder, or an rtsp:// / http:// URL)")
+    if isinstance(spec, Iterable):
+        return IterableSource(spec, buffer=buffer)
+    raise TypeError(f"cannot stream from {type(spec).__name__}: give a camera index, path, URL, Source or iterable")
+
+
+def _describe(fmt: tuple) -> str:
+    shape, dtype = fmt
+    channels = 1 if len(shape) == 2 else shape[2]
+    return f"{shape[1]}x{shape[0]}, {channels} channel{'s' if channels != 1 else ''}, {np.dtype(dtype).name}"

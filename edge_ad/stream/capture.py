@@ -1,0 +1,224 @@
+"""Sources read through cv2.VideoCapture: video files, cameras, and network streams that come back.
+
+A network stream (RTSP/HTTP/RTMP, or a GStreamer pipeline) that stops is reopened with exponential
+back-off up to a cap; its state goes connected -> reconnecting -> connected (the gap is logged,
+counted and sent to the sinks) or -> failed once the retry budget is spent. A camera that is
+unplugged is retried the same way. A file that ends ends its source (unless `loop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_ad.logs import redact
+from edge_ad.stream.sources import Source
+
+log = logging.getLogger(__name__)
+
+MAX_CORRUPT_RUN = 100
+LOST_AFTER = 3                 # failed reads in a row that mean a lost connection, not a broken frame
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Retry policy: wait `initial` s, then `factor` times longer each failure, at most `cap` s; give up
+    after `budget` failed attempts in a row (None: never, the default for a line that runs 24/7)."""
+
+    initial: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    budget: int | None = None
+    timeout: float = 5.0          # seconds to open a network stream, and to wait for one frame
+
+    def __post_init__(self) -> None:
+        if self.initial <= 0 or self.factor < 1 or self.cap < self.initial:
+            raise ValueError(f"bad retry policy {self}: need initial > 0, factor >= 1, cap >= initial")
+        if self.budget is not None and self.budget < 0:
+            raise ValueError(f"retry budget must be >= 0 or None, got {self.budget}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1, 2, ...)."""
+        return min(self.cap, self.initial * self.factor ** (attempt - 1))
+
+
+class CaptureSource(Source):
+    """Common part: a cv2.VideoCapture on `target`, released when the reader ends."""
+
+    def __init__(self, target: int | str, name: str, *, buffer: int = 4) -> None:
+        super().__init__(name, buffer=buffer)
+        self.target = target
+        self.cap: cv2.VideoCapture | None = None
+
+    def _capture(self) -> cv2.VideoCapture:
+        return cv2.VideoCapture(self.target)
+
+    def _release(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class VideoFileSource(CaptureSource):
+    """Every frame of a video file in order. `realtime` paces it at its own frame rate (a recording
+    replayed as if it were a camera, frames still never dropped); `loop` replays it from the start."""
+
+    def __init__(self, path: str | Path, *, realtime: bool = False, loop: bool = False, buffer: int = 4) -> None:
+        super().__init__(str(path), Path(path).name, buffer=buffer)
+        self.realtime, self.loop = realtime, loop
+
+    def _open(self) -> None:
+        self.cap = self._capture()
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise ConnectionError(f"cannot open {self.name}: check the path and that OpenCV can decode it")
+        self._set_state("connected", frames=int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+
+    def _read_loop(self) -> None:
+        index = 0
+        fps = frame_rate(self.cap)
+        while not self._stop.is_set():
+            start, read = time.monotonic(), self._read_pass(index, fps)
+            index += read
+            if not self.loop or self._stop.is_set() or read == 0:
+                break
+            self.cap.release()
+            self.cap = self._capture()
+            log.info("source %s: looping after %d frames (%.0f s)", self.name, read, time.monotonic() - start,
+                     extra={"source": self.name})
+
+    def _read_pass(self, first: int, fps: float) -> int:
+        """One pass over the file; returns the number of frame positions it covered."""
+        total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        start, position, corrupt_run = time.monotonic(), 0, 0
+        while not self._stop.is_set():
+            if self.realtime:
+                self._stop.wait(max(0.0, start + position / fps - time.monotonic()))
+            if not self.cap.grab():
+                if total <= 0 or position >= total - 1:
+                    break                                   # the end of the file
+                self._corrupt(first + position, "could not be read")
+                corrupt_run += 1
+                position += 1
+                if corrupt_run > MAX_CORRUPT_RUN:
+                    raise IOError(f"{self.name}: {MAX_CORRUPT_RUN} unreadable frames in a row")
+                continue
+            ok, image = self.cap.retrieve()
+            if self._put(image if ok else None, first + position):
+                corrupt_run = 0
+            position += 1
+        return position
+
+
+class _LiveCapture(CaptureSource):
+    """Newest frame only; a lost device or stream is reopened by the `Reconnect` policy."""
+
+    live = True
+
+    def __init__(self, target: int | str, name: str, *, reconnect: Reconnect | None = None) -> None:
+        super().__init__(target, name, buffer=1)
+        self.policy = reconnect or Reconnect()
+        self._lost_at: float | None = None
+
+    def _read_loop(self) -> None:
+        index, failed = 0, 0
+        while not self._stop.is_set():
+            if self.cap is None and not self._reconnect():
+                return
+            if not self.cap.grab():
+                failed += 1                     # a broken frame, or the end of the connection
+                if failed >= LOST_AFTER:
+                    self._lose("no frame: the stream stopped or the connection was lost")
+                    failed = 0
+                continue
+            for k in range(failed):             # the stream went on: those were broken frames
+                self._corrupt(index + k, "could not be decoded")
+            index, failed = index + failed, 0
+            ok, image = self.cap.retrieve()
+            self._put(image if ok else None, index)
+            index += 1
+
+    def _lose(self, why: str) -> None:
+        self._release()
+        self._lost_at = time.time()
+        self.stats.errors.append(why)
+        self._set_state("reconnecting", reason=why, level=logging.WARNING)
+
+    def _reconnect(self) -> bool:
+        """Open again, backing off between attempts; False when stopped or the budget is spent."""
+        attempt = 0
+        while not self._stop.is_set():
+            cap = self._capture()
+            if cap.isOpened():
+                self.cap = cap
+                self._connected(attempt + 1)
+                return True
+            cap.release()
+            attempt += 1
+            if self.policy.budget is not None and attempt > self.policy.budget:
+                self._set_state("failed", attempts=attempt, level=logging.ERROR,
+                                error=f"no connection after {attempt} attempts (retry budget {self.policy.budget})")
+                return False
+            delay = self.policy.delay(attempt)
+            if self.stats.state != "reconnecting":
+                self._set_state("reconnecting", reason="cannot connect", level=logging.WARNING)
+            log.warning("source %s: cannot connect (attempt %d); next try in %.1f s", self.name, attempt, delay,
+                        extra={"source": self.name, "attempt": attempt})
+            self._stop.wait(delay)
+        return False
+
+    def _connected(self, attempts: int) -> None:
+        if self._lost_at is None:
+            self._set_state("connected", attempts=attempts)
+            return
+        gap = time.time() - self._lost_at
+        self.stats.reconnects += 1
+        self.stats.gap_seconds += gap
+        self.stats.gaps.append({"from": round(self._lost_at, 3), "seconds": round(gap, 3), "attempts": attempts})
+        self._lost_at = None
+        self._set_state("connected", gap_s=round(gap, 3), attempts=attempts, reconnects=self.stats.reconnects,
+                        level=logging.WARNING)
+
+
+class CameraSource(_LiveCapture):
+    """A local camera by index (V4L2 on Linux). It must open at start; later losses are retried."""
+
+    def __init__(self, index: int, *, reconnect: Reconnect | None = None) -> None:
+        super().__init__(index, f"camera{index}", reconnect=reconnect)
+
+    def _open(self) -> None:
+        self.cap = self._capture()
+        if not self.cap.isOpened():
+            self.cap.release()
+            self.cap = None
+            raise ConnectionError(f"cannot open camera {self.target}: check that it is connected and not used "
+                                  "by another program (ls /dev/video*)")
+        self._set_state("connected")
+
+
+class NetworkSource(_LiveCapture):
+    """An RTSP/HTTP(S)/RTMP URL through FFmpeg, or a GStreamer pipeline (`... ! appsink`), with open
+    and read time-outs so a silent server is noticed. It connects on its reader thread, so a camera
+    that is down at start is retried instead of stopping the other sources. Credentials in the URL
+    appear nowhere: the source's name is the redacted URL."""
+
+    def __init__(self, url: str, *, reconnect: Reconnect | None = None) -> None:
+        super().__init__(url, redact(url), reconnect=reconnect)
+        self._open_msec = int(self.policy.timeout * 1000)
+
+    def _capture(self) -> cv2.VideoCapture:
+        if "appsink" in str(self.target):
+            return cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._open_msec, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._open_msec]
+        return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+
+
+def frame_rate(cap: cv2.VideoCapture, default: float = 25.0) -> float:
+    """The capture's frame rate, or `default` when it does not say."""
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    return fps if np.isfinite(fps) and 0 < fps < 1000 else default
