@@ -102,7 +102,10 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if not file.is_file():
             raise BundleError(f"{file} is listed in {META} but missing; copy the whole bundle directory")
         size = file.stat().st_size
-        if size > MAX_FILE_BYTES or size != info.get("bytes", size):
+        if size > MAX_FILE_BYTES:
+            raise BundleError(f"{file} has {size} bytes, over the {MAX_FILE_BYTES}-byte limit of a bundle file; "
+                              "refusing it (no model file of edge_ad comes near it)")
+        if size != info.get("bytes", size):
             raise BundleError(f"{file} has {size} bytes, {META} says {info.get('bytes')}; the copy is "
                               "incomplete or the file was replaced")
         if verify and _sha256(file) != info.get("sha256"):

@@ -12,6 +12,7 @@ rest of edge_ad.runtime never does), and the bundle's checkpoint.pt, read with `
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class TorchBackend:
         if seed is not None:
             config["noise_seed"] = int(seed)
         model = create_model(bundle.model_name, **config)
-        state = torch.load(bundle.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+        state = _load_weights(torch, bundle.file("checkpoint.pt"))
         model.load_state_dict(state["model"])
         model.eval()
         self.diffusion = getattr(model, "PIPELINE", None) == "latent_ddim"
@@ -116,3 +117,15 @@ class TorchBackend:
         self.graphs.clear()
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
+
+
+def _load_weights(torch, path: Path) -> dict:
+    """Tensors and plain values only (weights_only=True): a checkpoint that would unpickle anything
+    else, such as code, is refused with the file named."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise BundleError(f"{path} holds more than weights (pickled objects); refusing to load it: "
+                          "re-export the bundle from a training run you trust") from err

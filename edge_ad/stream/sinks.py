@@ -83,8 +83,8 @@ class VideoSink:
         frame = _overlay(item)
         source = item.frame.source
         if source not in self.writers:
-            path = self.path.with_name(f"{self.path.stem}.{safe_name(source)}{self.path.suffix}") \
-                if self.per_source else self.path
+            tag = re.sub(r"\.(mp4|avi|mkv|mov|webm|mjpe?g|ts)$", "", safe_name(source), flags=re.IGNORECASE)
+            path = self.path.with_name(f"{self.path.stem}.{tag}{self.path.suffix}") if self.per_source else self.path
             h, w = frame.shape[:2]
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
             if not writer.isOpened():
