@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_format, args.log_level)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"edge-ad {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, ConnectionError, FileNotFoundError, IOError, RuntimeError) as err:
         from edge_ad.logs import redact
 

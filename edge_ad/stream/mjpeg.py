@@ -42,7 +42,6 @@ class MjpegServer:
         self.frames = frames if callable(frames) else _video_frames(Path(frames))
         self.host, self.port, self.fps, self.quality = host, port, fps, quality
         self.sent = 0                     # parts sent over all connections
-        self.served: set[int] = set()     # frame numbers sent at least once
         self._server: _Server | None = None
         self._running = threading.Event()
         self._clock = time.monotonic()
@@ -81,7 +80,6 @@ class MjpegServer:
             frame = data.tobytes()
         with self._lock:
             self.sent += 1
-            self.served.add(k)
         return frame
 
     def __enter__(self) -> "MjpegServer":
