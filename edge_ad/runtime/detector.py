@@ -98,7 +98,8 @@ class Detector:
                 for m, score, size in zip(maps, scores, sizes)]
 
     def stream(self, source, **kwargs):
-        """An iterable Stream of results from a camera index, video file, URL or image folder."""
+        """An iterable Stream of results from one source or a list of them (camera index, video file,
+        URL, image folder, Source, iterable of arrays); keyword arguments go to `Stream`."""
         from edge_ad.stream import Stream
 
         return Stream(self, source, **kwargs)
