@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.edge_ad-installed
 KERNEL_SOURCES := $(wildcard kernels/*) CMakeLists.txt pyproject.toml constraints.txt
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench gpu-check install clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py --json benchmarks/results/kernels-cpu.json
+
+# On a CUDA machine, with that machine's own python3 and torch (no .venv, no network): builds the kernels
+# for the local GPU, runs `pytest -m gpu`, times kernels and models; JSON + logs into GPU_CHECK_OUT.
+GPU_CHECK_OUT ?= benchmarks/results
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --build --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -126,6 +126,8 @@ def _info(args: argparse.Namespace) -> int:
 
     info = {"edge_ad": edge_ad.__version__, "kernels_have_cuda": bool(_kernels.has_cuda),
             "cuda_devices": _kernels.cuda_device_count()}
+    if info["cuda_devices"] == 0:
+        info["cuda_error"] = _kernels.cuda_init_error()   # why not: no driver, an old driver, no device
     try:
         import onnxruntime
 

@@ -215,6 +215,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("alpha_bar_t"), py::arg("alpha_bar_prev"), py::kw_only(),
         py::arg("clamp") = py::none(), py::arg("stream") = 0);
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible (0 without a GPU or driver).");
+  m.def("cuda_init_error", &cuda_init_error,
+        "Why CUDA cannot be used here (error name, driver and build CUDA versions); empty when it can.");
   m.def("cuda_device_name", &cuda_device_name, py::arg("device") = 0);
   m.def("cuda_synchronize", &cuda_synchronize);
   m.def("cuda_device_capability", &cuda_device_capability, py::arg("device") = 0,
@@ -258,5 +260,6 @@ PYBIND11_MODULE(_kernels, m) {
         }, py::arg("stream"));
 #else
   m.def("cuda_device_count", []() { return 0; }, "Built without CUDA: always 0.");
+  m.def("cuda_init_error", []() { return std::string("edge_ad was built without its CUDA kernels (no nvcc at build time)"); });
 #endif
 }

@@ -56,6 +56,20 @@ int cuda_device_count() {
   return count;
 }
 
+std::string cuda_init_error() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaSuccess) return count > 0 ? "" : "cudaGetDeviceCount found no CUDA device";
+  cudaGetLastError();
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err) + " (driver supports CUDA " +
+         (driver ? version(driver) : std::string("none: no driver loaded")) + ", edge_ad built with CUDA " +
+         version(runtime) + ")";
+}
+
 std::string cuda_device_name(int device) {
   cudaDeviceProp prop{};
   cuda_check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");

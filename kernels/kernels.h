@@ -60,6 +60,8 @@ void heatmap_cuda(const void* raw, DType dtype, const HeatmapParams& p, float* m
 void ddim_step_cuda(const void* x_t, const void* eps, void* x_prev, int64_t count, DType dtype,
                     const DdimParams& p, uintptr_t stream);
 int cuda_device_count();
+// Why no CUDA device can be used (the runtime's error, the driver's and the build's CUDA versions); "" when one can.
+std::string cuda_init_error();
 std::string cuda_device_name(int device);
 void cuda_synchronize();
 std::pair<int, int> cuda_device_capability(int device);

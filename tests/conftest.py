@@ -17,7 +17,7 @@ def _cuda_reason() -> str | None:
     if not _kernels.has_cuda:
         return "edge_ad was built without CUDA kernels"
     if _kernels.cuda_device_count() == 0:
-        return "no CUDA GPU on this machine"
+        return f"no usable CUDA GPU: {_kernels.cuda_init_error()}"
     try:
         import torch
     except ImportError:

@@ -43,7 +43,7 @@ def tensorrt_missing() -> str | None:
     if not _kernels.has_cuda:
         return "edge_ad was built without its CUDA kernels"
     if _kernels.cuda_device_count() == 0:
-        return "no CUDA GPU visible"
+        return f"no usable CUDA GPU: {_kernels.cuda_init_error()}"
     return None
 
 
