@@ -258,8 +258,14 @@ def model_rows(bench: Bench, model, bundle, batches: list[int], steps: int | Non
     graphs = edge_ad.load(bundle.path, backend=kind, steps=steps)
     variants[f"{kind}-fp16-graphs" if bench.cuda else kind] = lambda b: graphs.heatmaps(b, maps=False)[1]
     if bench.cuda:
+        from edge_ad.runtime import Detector
+        from edge_ad.runtime.torch import TorchBackend
+
         plain = edge_ad.load(bundle.path, backend=kind, steps=steps, cuda_graph=False)
         variants["torch-cuda-fp16"] = lambda b: plain.heatmaps(b, maps=False)[1]
+        # the backend as first run on a GPU: NCHW, cuDNN's heuristics instead of its autotuner
+        nchw = Detector(bundle, TorchBackend(bundle, device="cuda", steps=steps, channels_last=False, autotune=False))
+        variants["torch-cuda-fp16-graphs-nchw"] = lambda b: nchw.heatmaps(b, maps=False)[1]
     rows = []
     for n in batches:
         batch = np.random.default_rng(n).integers(0, 256, (n, size, size, 3), dtype=np.uint8)

@@ -200,7 +200,7 @@ def start_exports(models: list[str], folder: Path, smoke: bool) -> tuple[Process
 # ---------------------------------------------------------------------------------- the stages
 
 
-def measure_models(bench, exports: dict[str, Future], batches: list[int]) -> dict:
+def measure_models(bench, exports: dict[str, Future], batches: list[int], step_counts: list[int]) -> dict:
     from fps import backbone_of, load_bundle_model
     from gpu_cases import model_rows, ort_parity, tf32_off
     from papers import PAPERS
@@ -214,8 +214,8 @@ def measure_models(bench, exports: dict[str, Future], batches: list[int]) -> dic
         try:
             model, bundle = load_bundle_model(Path(future.result(timeout=900)))
             diffusion = "pipeline" in bundle.meta
-            for steps in ((5, 1, 10) if diffusion and bench.cuda else (5,) if diffusion else (None,)):
-                rows = model_rows(bench, model, bundle, batches if steps in (None, 5) else [1], steps)
+            for steps in (step_counts if diffusion and bench.cuda else [5] if diffusion else [None]):
+                rows = model_rows(bench, model, bundle, batches if steps in (None, step_counts[0]) else [1], steps)
                 for row in rows:
                     row["backbone"] = backbone_of(model)
                     row["vs_paper"] = _vs_paper(row, PAPERS.get(name), bench)
@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and logs")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip", default="", help="stages to leave out, comma-separated")
+    parser.add_argument("--steps", default="5,1,10", help="DiffAD's DDIM step counts (the first at every batch size)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +337,8 @@ def run_stages(report: Report, args, out: Path, skip: set[str]) -> int:
             ("heatmap", lambda: heatmap_cases(bench, [(1, 8, 64), (2, 8, 64)] if args.smoke else
                                               [(1, 36, 288), (8, 36, 288), (1, 128, 1024), (8, 128, 1024)], _peak(report))),
             ("ddim", lambda: measure_ddim(bench, args.smoke, out)),
-            ("models", lambda: measure_models(bench, exports, [1, 2] if args.smoke else [1, 8])),
+            ("models", lambda: measure_models(bench, exports, [1, 2] if args.smoke else [1, 8],
+                                              [int(s) for s in args.steps.split(",")])),
             ("tensorrt", lambda: tensorrt_stage(bench, exports)),
         ]
         for name, fn in stages:

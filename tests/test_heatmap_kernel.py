@@ -162,3 +162,23 @@ def test_thread_count_does_not_change_results() -> None:
     np.testing.assert_array_equal(scores_1, scores_n)
     with pytest.raises(ValueError, match="threads"):
         heatmap(raw, 288, threads=-1)
+
+
+@pytest.mark.gpu
+def test_cuda_first_call_inside_a_graph_capture() -> None:
+    """A shape first seen while its stream is captured: the coefficients are built on the device
+    (host uploads cannot be captured); the replay, and a later uncaptured call that uses the uploaded
+    tables, both match the CPU kernel."""
+    raw = torch.randn((3, 19, 23), generator=torch.Generator().manual_seed(11))
+    device_raw = raw.cuda()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        maps, scores = heatmap(device_raw, (151, 177), sigma=3.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    want_maps, want_scores = heatmap(raw.numpy(), (151, 177), sigma=3.0)
+    np.testing.assert_allclose(maps.cpu().numpy(), want_maps, atol=2e-6)
+    np.testing.assert_allclose(scores.cpu().numpy(), want_scores, atol=2e-6)
+    again_maps, again_scores = heatmap(device_raw, (151, 177), sigma=3.0)
+    np.testing.assert_allclose(again_maps.cpu().numpy(), want_maps, atol=2e-6)
+    np.testing.assert_allclose(again_scores.cpu().numpy(), want_scores, atol=2e-6)

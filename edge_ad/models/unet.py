@@ -42,7 +42,9 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t * self.scale, self.dim))
+        # The embedding is computed in FP32 (large arguments); the MLP runs in its weights' dtype, so
+        # a model cast to FP16 works (seen failing on an H100: "mat1 and mat2 must have the same dtype").
+        return self.mlp(sinusoidal_embedding(t * self.scale, self.dim).to(self.mlp[0].weight.dtype))
 
 
 def norm_layer(kind: str, channels: int, groups: int = 32) -> nn.Module:

@@ -1,12 +1,16 @@
 """PyTorch backend: the bundle's checkpoint run in PyTorch, the reference and the fallback of TensorRT.
 
 On the CPU: eager FP32, the model as the bundle's graph computes it (folded where the model folds).
-On CUDA: FP16 autocast, the heatmap CUDA kernel on the raw map in device memory, and with `cuda_graph`
-each batch size's forward + heatmap captured once as a CUDA graph (`torch.cuda.graph`) and replayed,
-with the frames copied into a fixed input tensor. Only the scores and maps come back to the host.
+On CUDA: FP16 autocast, channels-last weights and activations, cuDNN's autotuner while warming up and
+capturing, the heatmap CUDA kernel on the raw map in device memory, and with `cuda_graph` each batch
+size's forward + heatmap captured once as a CUDA graph (`torch.cuda.graph`) and replayed, with the
+frames staged in pinned host memory and copied into a fixed input tensor. Only the scores and maps
+come back to the host.
 
-The CUDA path is unverified: no GPU has run it yet. Needs torch (this module alone imports it; the
-rest of edge_ad.runtime never does), and the bundle's checkpoint.pt, read with `weights_only=True`.
+The CUDA path was verified on an NVIDIA H100 (torch 2.11, CUDA 13.0) on 2026-11-26 by the GPU check
+(benchmarks/gpu_check.py; figures in benchmarks/results/gpu-h100/). Needs torch (this module alone
+imports it; the rest of edge_ad.runtime never does), and the bundle's checkpoint.pt, read with
+`weights_only=True`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, bundle: Bundle, *, device: str = "auto", steps: int | None = None, seed: int | None = None,
-                 cuda_graph: bool = True) -> None:
+                 cuda_graph: bool = True, channels_last: bool = True, autotune: bool = True) -> None:
         import torch
 
         from edge_ad.models import create_model
@@ -55,9 +59,14 @@ class TorchBackend:
         self.steps = int(steps or bundle.meta.get("pipeline", {}).get("steps", 0)) or None
         core = model.folded() if hasattr(model, "folded") else model
         self.module = UInt8Input(core, model.mean, model.std).eval().to(self.device)
+        on_cuda = self.device.type == "cuda"
+        if channels_last and on_cuda:      # NHWC uint8 frames arrive channels-last already
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.autotune = autotune and on_cuda
         self.spec = bundle.meta["heatmap"]
         self.cuda_graph = cuda_graph
         self.graphs: dict[tuple[int, ...], tuple] = {}
+        self.staging: dict[tuple[int, ...], object] = {}
         if self.device.type == "cuda":
             self.infer_heatmap = self._infer_heatmap_cuda
         log.info("torch backend for %s on %s%s", bundle.model_name, self.device,
@@ -65,12 +74,17 @@ class TorchBackend:
 
     def _forward(self, images):
         torch = self.torch
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda",
-                                                    cache_enabled=False):
-            if self.diffusion:
-                raw = self.module.model(self.module.normalize(images), steps=self.steps)
-            else:
-                raw = self.module(images)
+        cudnn, benchmark = torch.backends.cudnn, torch.backends.cudnn.benchmark
+        cudnn.benchmark = benchmark or self.autotune     # the fastest kernels for these shapes, found once
+        try:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
+                                                        enabled=self.device.type == "cuda", cache_enabled=False):
+                if self.diffusion:
+                    raw = self.module.model(self.module.normalize(images), steps=self.steps)
+                else:
+                    raw = self.module(images)
+        finally:
+            cudnn.benchmark = benchmark
         return raw.float()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -85,16 +99,24 @@ class TorchBackend:
                        window=s["window"], align_corners=s["align_corners"], score_from=s["score_from"])
 
     def _infer_heatmap_cuda(self, batch: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
-        torch = self.torch
-        host = torch.from_numpy(np.ascontiguousarray(batch))
+        host = self._staged(batch)
         if not self.cuda_graph:
             out, scores = self._post(self._forward(host.to(self.device, non_blocking=True)))
         else:
             static_in, out, scores, graph = self._graph_for(tuple(batch.shape))
-            static_in.copy_(host, non_blocking=False)
+            static_in.copy_(host, non_blocking=True)
             graph.replay()
-        scores_host = scores.cpu().numpy()
+        scores_host = scores.cpu().numpy()        # waits for the stream: the staging buffer is free again
         return (out.cpu().numpy() if maps else None), scores_host
+
+    def _staged(self, batch: np.ndarray):
+        """The batch in a pinned host buffer of its shape, so the copy to the GPU is one asynchronous DMA."""
+        shape = tuple(batch.shape)
+        if shape not in self.staging:
+            self.staging[shape] = self.torch.empty(shape, dtype=self.torch.uint8, pin_memory=True)
+        buffer = self.staging[shape]
+        np.copyto(buffer.numpy(), batch, casting="no")
+        return buffer
 
     def _graph_for(self, shape: tuple[int, ...]) -> tuple:
         """Capture forward + heatmap for one input shape (after warm-up runs on a side stream)."""
@@ -115,6 +137,7 @@ class TorchBackend:
 
     def close(self) -> None:
         self.graphs.clear()
+        self.staging.clear()
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
 
