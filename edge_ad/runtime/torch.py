@@ -1,11 +1,12 @@
 """PyTorch backend: the bundle's checkpoint run in PyTorch, the reference and the fallback of TensorRT.
 
 On the CPU: eager FP32, the model as the bundle's graph computes it (folded where the model folds).
-On CUDA: FP16 autocast, channels-last weights and activations, cuDNN's autotuner while warming up and
-capturing, the heatmap CUDA kernel on the raw map in device memory, and with `cuda_graph` each batch
-size's forward + heatmap captured once as a CUDA graph (`torch.cuda.graph`) and replayed, with the
-frames staged in pinned host memory and copied into a fixed input tensor. Only the scores and maps
-come back to the host.
+On CUDA: FP16 autocast, the heatmap CUDA kernel on the raw map in device memory, and with `cuda_graph`
+each batch size's forward + heatmap captured once as a CUDA graph (`torch.cuda.graph`) and replayed,
+with the frames staged in pinned host memory and copied into a fixed input tensor. Only the scores and
+maps come back to the host. `channels_last` and `autotune` (cuDNN's autotuner while warming up and
+capturing) are off by default: on the H100 they changed SimpleNet, MKD and UniAD by -0% to +7% (within
+run-to-run spread) and slowed SPR and DiffAD by 8-16% (benchmarks/results/gpu-h100/gpu-check-run2.json).
 
 The CUDA path was verified on an NVIDIA H100 (torch 2.11, CUDA 13.0) on 2026-11-26 by the GPU check
 (benchmarks/gpu_check.py; figures in benchmarks/results/gpu-h100/). Needs torch (this module alone
@@ -33,7 +34,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, bundle: Bundle, *, device: str = "auto", steps: int | None = None, seed: int | None = None,
-                 cuda_graph: bool = True, channels_last: bool = True, autotune: bool = True) -> None:
+                 cuda_graph: bool = True, channels_last: bool = False, autotune: bool = False) -> None:
         import torch
 
         from edge_ad.models import create_model
