@@ -125,3 +125,20 @@ def test_aupro_matches_brute_force(seed, limit) -> None:
 def test_bad_input(call, words) -> None:
     with pytest.raises(ValueError, match=words):
         call()
+
+
+def test_aupro_regions_are_8_connected() -> None:
+    """Pixels that touch only at a corner are one region (MVTec AD's definition), not two.
+
+    One region of four pixels (an L of three and one diagonal neighbour), only the diagonal pixel
+    found: threshold 1 -> (fpr 0, pro 1/4); threshold 0 -> (1, 1); pro(.3) = .475; AUPRO
+    (.25 + .475) / 2 = .3625. Counted 4-connected, the found pixel would be a region of its own:
+    pro 1/2 at fpr 0 and AUPRO .575.
+    """
+    masks = np.zeros((1, 8, 8), np.uint8)
+    masks[0, 2, 2:4] = 1
+    masks[0, 3, 2] = 1
+    masks[0, 1, 4] = 1                # touches (2, 3) at a corner only
+    maps = np.zeros((1, 8, 8))
+    maps[0, 1, 4] = 1.0
+    assert aupro(masks, maps) == pytest.approx(0.3625)

@@ -1,0 +1,114 @@
+"""The verdict a user gets: calibration thresholds, the decision, the normalized score, the mask and the
+heat map, each against values computed by hand or by an independent reference (issue 15)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+
+import edge_ad
+from edge_ad.runtime.preprocess import Geometry, prepare
+from edge_ad.runtime.result import Result
+from edge_ad.training.calibrate import calibrate
+
+
+# ------------------------------------------------------------------------------------ calibrate
+
+
+def test_image_threshold_is_mean_plus_three_sample_std() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    cal = calibrate(scores, np.zeros((4, 2, 2)))
+    std = np.sqrt(((scores - 2.5) ** 2).sum() / 3)           # 1.2909944, sample std (ddof = 1)
+    assert cal.image_threshold == pytest.approx(2.5 + 3 * std, abs=1e-12)
+    assert cal.image_threshold == pytest.approx(6.372983346207417, abs=1e-12)
+    lo, hi = cal.image_norm                                    # threshold maps to exactly 0.5
+    assert lo == pytest.approx(2.5) and (cal.image_threshold - lo) / (hi - lo) == pytest.approx(0.5, abs=1e-12)
+    assert cal.normal_images == 4
+
+
+def test_pixel_threshold_is_the_largest_normal_pixel_and_norm_centres_on_the_median() -> None:
+    maps = np.arange(2 * 3 * 3, dtype=np.float64).reshape(2, 3, 3)   # 0..17: median 8.5, max 17
+    cal = calibrate(np.array([0.0, 1.0]), maps)
+    assert cal.pixel_threshold == 17.0
+    assert cal.pixel_norm == pytest.approx((8.5, 8.5 + 2 * (17.0 - 8.5)))
+
+
+def test_constant_scores_still_give_a_threshold_above_them() -> None:
+    cal = calibrate(np.full(5, 2.0), np.zeros((5, 2, 2)))
+    assert cal.image_threshold > 2.0 and cal.image_threshold == pytest.approx(2.0 + 3 * 2e-6)
+
+
+# ------------------------------------------------------------------------------------- decision
+
+
+def _frames(n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_decision_is_score_above_threshold_and_threshold_normalizes_to_half(tiny_bundle) -> None:
+    det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
+    frames = _frames(6, seed=1)
+    scores = np.array([r.score for r in det.predict(frames)])
+    order = np.argsort(scores)
+    det.threshold = float((scores[order[2]] + scores[order[3]]) / 2)      # three below, three above
+    det.image_norm = (det.threshold - 1.0, det.threshold + 1.0)
+    results = det.predict(frames)
+    assert [r.is_anomalous for r in results] == [bool(s > det.threshold) for s in scores]
+    assert sum(r.is_anomalous for r in results) == 3
+    for r, s in zip(results, scores):
+        assert r.normalized_score == pytest.approx(float(np.clip((s - det.threshold + 1.0) / 2.0, 0, 1)), abs=1e-6)
+    det.threshold = float(scores[order[4]])           # a score equal to the threshold is not anomalous
+    det.image_norm = (det.threshold - 1.0, det.threshold + 1.0)
+    at = det.predict(frames[order[4]])
+    assert not at.is_anomalous and at.normalized_score == pytest.approx(0.5, abs=1e-6)
+
+
+def test_runtime_heatmap_is_the_declared_smoothing_of_the_raw_map(tiny_bundle) -> None:
+    """Maps and scores against float64 bilinear + scipy Gaussian on the backend's own raw maps."""
+    det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
+    spec = det.spec
+    assert spec["smooth"] == "gaussian"
+    prepared = np.stack([prepare(f[:, :, ::-1], det.geometry) for f in _frames(3, seed=2)])
+    raw = det.infer(prepared)[:, 0].astype(np.float64)
+    size = tuple(spec["output_size"])
+    up = F.interpolate(torch.from_numpy(raw)[:, None], size=size, mode="bilinear",
+                       align_corners=spec["align_corners"])[:, 0].numpy()
+    want = ndi.gaussian_filter(up, sigma=(0, spec["sigma"], spec["sigma"]), mode="reflect", truncate=4.0)
+    maps, scores = det.heatmaps(prepared)
+    spread = float(np.ptp(want))
+    np.testing.assert_allclose(maps, want, rtol=0, atol=1e-5 * spread)
+    assert spec["score_from"] == "raw"                     # SimpleNet: the image score is the raw map's max
+    np.testing.assert_allclose(scores, raw.reshape(3, -1).max(axis=1), rtol=0, atol=1e-6 * spread)
+    assert np.abs(up - want).max() > 1e-2 * spread        # the smoothing is not a no-op on these maps
+
+
+# ----------------------------------------------------------------------------------- mask, map
+
+
+def _result_with_square(pixel_threshold: float = 1.0) -> tuple[Result, np.ndarray]:
+    """A 64 x 64 crop map that is 2.0 inside a 16 x 16 square and 0 elsewhere, shown on a 64 x 64 image."""
+    crop = np.zeros((64, 64), np.float32)
+    crop[20:36, 30:46] = 2.0
+    truth = np.zeros((64, 64), np.uint8)
+    truth[20:36, 30:46] = 1
+    geometry = Geometry(resize=(64, 64), crop=(64, 64))
+    return Result(score=2.0, normalized_score=1.0, is_anomalous=True, crop_map=crop, image_size=(64, 64),
+                  geometry=geometry, pixel_norm=(0.0, 2.0), pixel_threshold=pixel_threshold), truth
+
+
+def test_mask_marks_the_pixels_above_the_pixel_threshold() -> None:
+    result, truth = _result_with_square()
+    mask = result.mask
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    overlap = (mask & truth).sum() / (mask | truth).sum()
+    assert overlap == 1.0
+    assert result.heatmap[28, 38] == pytest.approx(1.0) and result.heatmap[5, 5] == 0.0
+
+
+def test_pixel_threshold_above_every_value_gives_an_empty_mask() -> None:
+    result, _ = _result_with_square(pixel_threshold=3.0)
+    assert result.mask.sum() == 0
