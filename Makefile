@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.edge_ad-installed
 KERNEL_SOURCES := $(wildcard kernels/*) CMakeLists.txt pyproject.toml constraints.txt
 
-.PHONY: demo test test-all bench gpu-check install clean
+.PHONY: demo test test-all bench gpu-check mutate install clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py --json benchmarks/results/kernels-cpu.json
+
+# Mutation testing of the decision-critical modules in a private copy of the tree (long; not in CI).
+mutate: $(STAMP)
+	$(PY) tests/mutate.py --json runs/mutants.json
 
 # On a CUDA machine, with that machine's own python3 and torch (no .venv, no network): builds the kernels
 # for the local GPU, runs `pytest -m gpu`, times kernels and models; JSON + logs into GPU_CHECK_OUT.
