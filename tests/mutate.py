@@ -196,6 +196,7 @@ def _report(results: list[Mutant], path: str | None) -> None:
     for m in survivors:
         print(f"  SURVIVED {m.module}:{m.line} {m.change}")
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps([asdict(m) for m in results], indent=2) + "\n")
 
 
