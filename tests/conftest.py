@@ -73,3 +73,41 @@ def tiny_bundle(tmp_path_factory):
     train(TrainConfig(data=str(data), out=str(root / "run"), epochs=1, batch_size=4,
                       model_kwargs={"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32}))
     return export_run(root / "run", root / "bundle").path
+
+
+@pytest.fixture
+def assert_runtime_matches_training() -> Callable[..., dict]:
+    """Check that a bundle on ONNX Runtime gives the training side's scores and maps on the same test
+    images: the trained PyTorch model (unfolded, as evaluated after training) through
+    edge_ad.training.evaluate.predict, against Detector.heatmaps on the bundle. The tolerance is relative
+    to the largest value of each: 1e-4 by default, the export's parity bound."""
+
+    def check(run_dir, bundle, data_dir, *, rtol: float = 1e-4) -> dict:
+        import numpy as np
+        import torch
+
+        import edge_ad
+        from edge_ad.data import MVTecDataset
+        from edge_ad.training.adapter import UInt8Input
+        from edge_ad.training.data import Prepared
+        from edge_ad.training.evaluate import predict
+        from edge_ad.training.run import load_run
+
+        _, model = load_run(run_dir)
+        det = edge_ad.load(bundle, backend="onnxruntime-cpu")
+        test = Prepared(MVTecDataset(str(data_dir), "test"), det.geometry)
+        images = np.stack([test[i]["image"].numpy() for i in range(len(test))])
+        batch = [{"image": torch.from_numpy(images), "label": torch.zeros(len(images))}]
+        want = predict(UInt8Input(model, model.mean, model.std), batch, model.heatmap_spec(), "cpu")
+        maps, scores = det.heatmaps(images)
+        score_scale = float(np.abs(want["scores"]).max()) or 1.0
+        map_scale = float(np.abs(want["maps"]).max()) or 1.0
+        score_err = float(np.abs(scores - want["scores"]).max()) / score_scale
+        map_err = float(np.abs(maps - want["maps"]).max()) / map_scale
+        # and small against how much the scores differ between images: a constant would miss by ~half of it
+        spread_err = float(np.abs(scores - want["scores"]).max()) / max(float(np.ptp(want["scores"])), 1e-30)
+        assert maps.shape == want["maps"].shape
+        assert score_err <= rtol and map_err <= rtol and spread_err <= 0.05, (score_err, map_err, spread_err)
+        return {"score_err": score_err, "map_err": map_err, "spread_err": spread_err}
+
+    return check

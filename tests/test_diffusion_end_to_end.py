@@ -168,3 +168,7 @@ def test_tensorrt_engines_agree_with_onnxruntime(trained, tmp_path) -> None:
         again = np.array([r.score for r in detector.predict(frames)])          # the replayed CUDA graph
     assert np.allclose(got, want, rtol=5e-2, atol=1e-3) and np.array_equal(got, again)
     assert len(read_bundle(bundle).meta["engines"]) == len(read_bundle(bundle).meta["fp16"])
+
+
+def test_runtime_matches_training(trained, data, assert_runtime_matches_training) -> None:
+    assert_runtime_matches_training(trained["root"] / "run", trained["bundle"], data)

@@ -202,3 +202,7 @@ def test_interrupted_export_leaves_no_bundle(trained, tmp_path, monkeypatch) -> 
     with pytest.raises(KeyboardInterrupt):
         exporter.export_run(trained["root"] / "run", tmp_path / "bundle")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runtime_matches_training(trained, assert_runtime_matches_training) -> None:
+    assert_runtime_matches_training(trained["root"] / "run", trained["bundle"], trained["data"])

@@ -106,3 +106,7 @@ def test_registry_lists_models_and_rejects_unknown_names(capsys, tmp_path) -> No
         create_model("padim")
     assert main(["train", "--model", "padim", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "unknown model 'padim'" in capsys.readouterr().err
+
+
+def test_runtime_matches_training(trained, data, assert_runtime_matches_training) -> None:
+    assert_runtime_matches_training(trained["root"] / "run", trained["bundle"], data["washer"])
