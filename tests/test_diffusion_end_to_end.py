@@ -167,6 +167,12 @@ def test_tensorrt_engines_agree_with_onnxruntime(trained, tmp_path) -> None:
         got = np.array([r.score for r in detector.predict(frames)])
         again = np.array([r.score for r in detector.predict(frames)])          # the replayed CUDA graph
     assert np.allclose(got, want, rtol=5e-2, atol=1e-3) and np.array_equal(got, again)
+    maps_want = edge_ad.load(bundle, backend="onnxruntime-cpu").heatmaps(np.stack([prepare(f, detector.geometry)
+                                                                                  for f in frames]))[0]
+    with edge_ad.load(bundle, backend="tensorrt") as detector:
+        maps_got = detector.heatmaps(np.stack([prepare(f, detector.geometry) for f in frames]))[0]
+    # FP16 against FP32, far tighter than the values' spread: a constant map would miss by ~half of it
+    assert np.abs(maps_got - maps_want).max() <= 5e-2 * float(np.ptp(maps_want))
     assert len(read_bundle(bundle).meta["engines"]) == len(read_bundle(bundle).meta["fp16"])
 
 
