@@ -69,11 +69,20 @@ def test_features_are_four_stages_on_the_14x14_grid(model) -> None:
     assert out.shape == (2, 1, 14, 14) and (out >= 0).all()
 
 
-def test_map_is_the_l2_norm_of_the_reconstruction_error(model) -> None:
-    x = torch.rand(1, 3, 224, 224)
-    f = model.features(x)
-    expected = (model.reconstruct(f) - f).pow(2).sum(1, keepdim=True).sqrt()
-    torch.testing.assert_close(model(x), expected)
+def test_map_is_the_l2_norm_of_the_reconstruction_error(monkeypatch) -> None:
+    """With the reconstruction off by a known vector at every token, the map is that vector's L2 norm
+    over the channels (not L1, not squared): 3-4-5 in two channels gives exactly 5."""
+    torch.manual_seed(0)
+    m = create_model("uniad", backbone=LITE0, pretrained=False).eval()
+    offset = torch.zeros(1, 192, 1, 1)
+    offset[0, 3], offset[0, 100] = 3.0, -4.0
+    monkeypatch.setattr(m, "reconstruct", lambda f: f + offset)
+    with torch.no_grad():
+        out = m(torch.rand(2, 3, 224, 224))
+    torch.testing.assert_close(out, torch.full((2, 1, 14, 14), 5.0))
+    monkeypatch.setattr(m, "reconstruct", lambda f: f.clone())
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 224, 224)).abs().max().item() == 0.0
 
 
 def test_jitter_only_in_training_and_scaled_by_token_norm(model) -> None:
@@ -82,8 +91,20 @@ def test_jitter_only_in_training_and_scaled_by_token_norm(model) -> None:
     noise = model.jitter(tokens) - tokens
     ratio = noise.std(dim=-1) / (tokens.norm(dim=-1) / 192 * 20)
     assert ratio.mean().item() == pytest.approx(1.0, abs=0.05)
-    x = torch.rand(1, 3, 224, 224)
-    torch.testing.assert_close(model(x), model(x))                    # eval: deterministic
+    # in eval mode the jitter is never drawn: forward never calls it
+    calls = []
+    original = model.jitter
+    model.jitter = lambda t: calls.append(1) or original(t)
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 3, 224, 224))
+        assert calls == []
+        model.train()
+        model.reconstruct(model.features(torch.rand(1, 3, 224, 224)))
+        assert calls == [1]                                           # and in training it is
+    finally:
+        model.eval()
+        del model.jitter
 
 
 def test_spec_is_the_papers_and_grad_clipping_is_declared(model) -> None:
