@@ -109,7 +109,13 @@ def test_runtime_never_imports_torch(trained, run_without_torch) -> None:
         n = sum(1 for _ in det.stream({str(image_dir)!r}))
         print("ok", r.score, n)
     """)
-    assert out.startswith("ok")
+    word, score, count = out.split()
+    image = next(image_dir.iterdir())
+    import cv2
+
+    want = edge_ad.load(trained["bundle"]).predict(cv2.imread(str(image))).score     # here, with torch around
+    assert word == "ok" and float(score) == pytest.approx(want, rel=1e-6)
+    assert int(count) == len(list(image_dir.iterdir()))
 
 
 def test_stream_video_writes_events_and_video(trained, tmp_path) -> None:
