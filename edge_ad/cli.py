@@ -1,10 +1,144 @@
-"""The `edge-ad` command."""
+"""The `edge-ad` command.
+
+Exit status: 0 done; 2 an error the user can act on (a bad argument, a missing or refused file, a run
+or bundle that cannot be used: one line on stderr, no traceback); 3 `stream` ran but inspected nothing
+(every source failed, or every inference failed: the reason is printed); 130 interrupted. Unexpected
+errors (bugs) still show their traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
+import re
 import sys
+from pathlib import Path
+
+EXIT_ERROR = 2
+EXIT_STREAM_FAILED = 3
+EXIT_INTERRUPTED = 130
+MAX_SEED = 2**63 - 1
+MAX_CAMERA_INDEX = 255          # /dev/video0 .. /dev/video255: the most V4L2 numbers
+
+
+# Argument types: each refuses a value out of range with a message argparse prints after the usage ----------
+
+def int_range(low: int, high: int | None = None) -> "callable":
+    """argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except (ValueError, AttributeError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give a whole number {span}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def float_range(low: float, high: float | None = None, *, low_inclusive: bool = False) -> "callable":
+    """argparse type: a finite number above `low` (or equal to it with low_inclusive), at most `high`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value >= low if low_inclusive else value > low
+        if not math.isfinite(value) or not above or (high is not None and value > high):
+            span = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number {span}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    return int_range(1, 65535)(text)
+
+
+def nonempty(text: str) -> str:
+    """argparse type: a name or path that is not empty and has no control characters (newlines)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; give a name or path")
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} contains control characters (a newline?); give a plain name or path")
+    return text
+
+
+def source(text: str) -> str:
+    """argparse type of --source: a camera index 0..255, a file, folder or URL; never empty."""
+    text = nonempty(text)
+    if re.fullmatch(r"\s*[-+]?\d+\s*", text):
+        index = int(text)
+        if not 0 <= index <= MAX_CAMERA_INDEX:
+            raise argparse.ArgumentTypeError(f"camera index {index} is out of range: cameras are numbered 0 to "
+                                             f"{MAX_CAMERA_INDEX} (/dev/videoN); for a file named {text!r} give ./{text.strip()}")
+        return str(index)
+    return text
+
+
+def host_port(text: str) -> str:
+    """argparse type: HOST:PORT with a port 1..65535 (--triton-url)."""
+    text = nonempty(text)
+    host, sep, number = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT, e.g. localhost:8001")
+    port(number)
+    return text
+
+
+def _expected(err: BaseException) -> bool:
+    """Errors a user can act on (bad input, missing files, refused runs and bundles, a full disk),
+    reported in one line; anything else is a bug and keeps its traceback."""
+    if isinstance(err, (ValueError, ConnectionError, FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, FileExistsError, TimeoutError)):
+        return True
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT,
+                                                   errno.ENAMETOOLONG, errno.ELOOP, errno.EIO, errno.EPERM):
+        return True
+    if isinstance(err, (RuntimeError, OSError, ImportError)):
+        return _raised_by_edge_ad(err)        # e.g. "backend 'tensorrt' cannot run here: ..."
+    return False
+
+
+def _raised_by_edge_ad(err: BaseException) -> bool:
+    """Whether the innermost frame of the error is edge_ad's or export's own code (a deliberate raise
+    with a message), not a library's."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    roots = [os.path.dirname(os.path.abspath(__file__))]
+    try:
+        import export
+
+        roots.append(os.path.dirname(os.path.abspath(export.__file__)))
+    except ImportError:  # pragma: no cover - the runtime installed alone
+        pass
+    return any(filename.startswith(root + os.sep) for root in roots)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one redacted line (control characters escaped)."""
+    from edge_ad.logs import redact
+
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.strerror:          # "[Errno 13] Permission denied: 'x'" -> the words
+        text = err.strerror + (f": {err.filename}" if err.filename and str(err.filename) not in err.strerror else "")
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    try:
+        from edge_ad.logs import escape_controls
+    except ImportError:  # pragma: no cover
+        return redact(text)
+    return escape_controls(redact(text))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,7 +157,7 @@ def _train(args: argparse.Namespace) -> int:
               "pretrained": False if args.no_pretrained else None}
     result = train(TrainConfig(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                                batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                               budget=args.budget, stages=args.stage, model_kwargs=kwargs))
+                               overwrite=args.overwrite, budget=args.budget, stages=args.stage, model_kwargs=kwargs))
     print(json.dumps(result, indent=2, default=str))
     print(f"run: {args.out} (checkpoint.pt, run.json, metrics.json)")
     return 0
@@ -32,18 +166,20 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from edge_ad.training.report import evaluate_run
 
-    report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device)
+    report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device, batch_size=args.batch_size)
     print(json.dumps(report, indent=2, default=str))
     print(f"written: {report['written']}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from edge_ad.bundle import read_bundle
 
     source = Path(args.source)
+    if args.engine:                       # a bad --batch fails before anything is exported
+        from export.tensorrt import parse_batches
+
+        parse_batches(args.batch)
     if (source / "meta.json").is_file():
         if args.out:
             raise ValueError(f"{source} is already a bundle; --out is for exporting a training run")
@@ -51,6 +187,8 @@ def _export(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ValueError(f"exporting the run {source} needs --out BUNDLE (or give a bundle with --engine/--triton)")
+        if Path(args.out).resolve() == source.resolve():
+            raise ValueError(f"--out {args.out} is the run folder itself; write the bundle to another folder")
         from export.bundle import export_run
 
         bundle = export_run(source, args.out, overwrite=args.overwrite)
@@ -73,35 +211,103 @@ def _stream(args: argparse.Namespace) -> int:
     import edge_ad
     from edge_ad.stream import Reconnect, stop_on_signals
 
+    if args.video:                        # an unwritable --video fails now, not after the first anomaly
+        check_video_path(args.video, args.fps)
+    if args.retry_max < args.retry_initial:
+        raise ValueError(f"--retry-max {args.retry_max:g} is below --retry-initial {args.retry_initial:g}")
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
                             triton_url=args.triton_url)
     policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
+    options = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
     stream = detector.stream(args.source, sinks=_stream_sinks(args), batch=args.batch, max_frames=args.max_frames,
                              duration=args.duration, idle_timeout=args.idle_timeout, reconnect=policy,
-                             realtime=args.realtime, loop=args.loop)
+                             realtime=args.realtime, loop=args.loop, **options)
     metrics = None
     if args.metrics_port is not None:
         from edge_ad.stream.prometheus import MetricsServer
 
         metrics = MetricsServer(stream, args.metrics_port, host=args.metrics_host)
+    fatal = None
     try:
         with stop_on_signals(stream):
             for item in stream:
                 if item.result.is_anomalous and args.verbose:
                     print(f"{item.frame.source} frame {item.frame.index}: ANOMALY score "
                           f"{item.result.normalized_score:.2f}", flush=True)
+    except RuntimeError as err:           # the stream gave up (inference kept failing): report it as a failure
+        given_up = (stream.summary().get("failed") or {}).get("reason")
+        if not (stream_failure(stream.summary()) or given_up):
+            raise
+        fatal = err
     finally:
         if metrics is not None:
             metrics.close()
     summary = stream.summary()
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, default=str))
     for name, s in summary["sources"].items():
         print(f"{name}: {s['state']}, {s['frames']} frames, {s['fps']:.1f} FPS, latency p50 {s['latency_ms_p50']:.1f} ms "
               f"p99 {s['latency_ms_p99']:.1f} ms, {s['anomalous']} anomalous, {s['dropped']} dropped, "
               f"{s['corrupt']} corrupt, {s['reconnects']} reconnects")
     print(f"{summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 {summary['latency_ms_p50']:.1f} ms, "
           f"p99 {summary['latency_ms_p99']:.1f} ms, {summary['corrupt']} corrupt, {summary['dropped']} dropped")
+    reason = stream_failure(summary) or (str(fatal) if fatal else None)
+    if reason:
+        print(f"edge-ad stream: failed: {_one_line(ValueError(reason))} (exit status {EXIT_STREAM_FAILED})",
+              file=sys.stderr)
+        return EXIT_STREAM_FAILED
     return 0
+
+
+def stream_failure(summary: dict) -> str | None:
+    """Why a finished stream inspected nothing (every source failed, or every inference failed), or
+    None. Reads summary["failed"] when the stream reports it, else the per-source states and counts."""
+    failed = summary.get("failed")
+    if isinstance(failed, dict):
+        if failed.get("all_sources_failed") or failed.get("all_inference_failed"):
+            return failed.get("reason") or ("every source failed" if failed.get("all_sources_failed")
+                                            else "every inference failed")
+        return None
+    sources = summary.get("sources") or {}
+    if not sources:
+        return None
+    processed = sum(int(s.get("frames", 0)) for s in sources.values())
+    errors = sum(int(s.get("inference_errors", 0)) for s in sources.values())
+    if processed == 0 and errors > 0:
+        return f"every inference failed ({errors} frames)"
+    if all(s.get("state") == "failed" for s in sources.values()):
+        why = "; ".join(f"{name}: {(s.get('reason') or (s.get('errors') or ['failed'])[-1])}" for name, s in sources.items())
+        return f"every source failed ({why})"
+    return None
+
+
+def check_video_path(path: str, fps: float = 15.0, codec: str = "mp4v") -> None:
+    """Open a video writer of the same kind beside `path` and remove it: an unwritable folder, a
+    folder given as the file, or a container OpenCV cannot write fails before streaming starts."""
+    import cv2
+    import numpy as np
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--video {path} is a folder; give a video file name, e.g. {target / 'annotated.mp4'}")
+    if not target.suffix:
+        raise ValueError(f"--video {path} has no file suffix; give e.g. {path}.mp4 (or .avi)")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, f"--video {path} exists and cannot be written")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(target.parent, os.W_OK):
+        raise PermissionError(errno.EACCES, f"--video: the folder {target.parent} cannot be written")
+    probe = target.with_name(f".{target.stem}.{os.getpid()}.probe{target.suffix}")
+    try:
+        writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*codec), fps, (64, 64))
+        opened = writer.isOpened()
+        if opened:
+            writer.write(np.zeros((64, 64, 3), np.uint8))
+        writer.release()
+        if not opened:
+            raise ValueError(f"--video {path}: OpenCV cannot write a {target.suffix} video with codec {codec} there; "
+                             "use a .mp4 or .avi name in a writable folder")
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _stream_sinks(args: argparse.Namespace) -> list:
@@ -143,37 +349,45 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
     from edge_ad.runtime import BACKENDS
 
     stream.add_argument("bundle")
-    stream.add_argument("--source", required=True, action="append",
-                        help="camera index, video file, image folder or rtsp/http URL; repeat for several sources")
+    stream.add_argument("--source", required=True, action="append", type=source,
+                        help="camera index (0-255), video file, image folder or rtsp/http URL; repeat for several sources")
     stream.add_argument("--backend", default="auto", choices=BACKENDS)
-    stream.add_argument("--triton-url", default=None, help="host:port of a Triton server (--backend triton)")
-    stream.add_argument("--batch", type=int, default=None,
+    stream.add_argument("--triton-url", default=None, type=host_port,
+                        help="host:port of a Triton server (--backend triton)")
+    stream.add_argument("--batch", type=int_range(1, 1024), default=None,
                         help="frames per inference (default: one per source, at most the engine's max or 8)")
-    stream.add_argument("--events", help="JSON Lines file: start, anomalies, source states, summary")
+    stream.add_argument("--events", type=nonempty, help="JSON Lines file: start, anomalies, source states, summary")
     stream.add_argument("--events-frames", choices=("anomalous", "all"), default="anomalous",
                         help="which frames get a line in --events (all: every part's result, for traceability)")
     stream.add_argument("--fsync", action="store_true", help="fsync the events file after each line (power loss)")
-    stream.add_argument("--snapshots", metavar="DIR", help="save anomalous frames (original + heatmap) here")
-    stream.add_argument("--snapshot-budget-mb", type=float, default=500.0,
+    stream.add_argument("--snapshots", metavar="DIR", type=nonempty,
+                        help="save anomalous frames (original + heatmap) here")
+    stream.add_argument("--snapshot-budget-mb", type=float_range(0.0), default=500.0,
                         help="disk budget of --snapshots; the oldest are deleted beyond it")
-    stream.add_argument("--video", help="annotated video file to write (one per source with several)")
-    stream.add_argument("--fps", type=float, default=15.0, help="frame rate of the annotated video")
+    stream.add_argument("--video", type=nonempty, help="annotated video file to write (one per source with several)")
+    stream.add_argument("--fps", type=float_range(0.0, 1000.0), default=15.0, help="frame rate of the annotated video")
     stream.add_argument("--show", action="store_true", help="open a window when a display exists")
-    stream.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
-    stream.add_argument("--metrics-host", default="127.0.0.1",
+    stream.add_argument("--metrics-port", type=port, default=None, help="serve Prometheus metrics on this port (1-65535)")
+    stream.add_argument("--metrics-host", default="127.0.0.1", type=nonempty,
                         help="address of the metrics endpoint (0.0.0.0 to let another machine scrape it)")
-    stream.add_argument("--retry-initial", type=float, default=0.5, help="first reconnection delay, seconds")
-    stream.add_argument("--retry-max", type=float, default=30.0, help="cap of the doubling reconnection delay")
-    stream.add_argument("--retry-budget", type=int, default=None,
+    stream.add_argument("--retry-initial", type=float_range(0.0, 86400.0), default=0.5,
+                        help="first reconnection delay, seconds")
+    stream.add_argument("--retry-max", type=float_range(0.0, 86400.0), default=30.0,
+                        help="cap of the doubling reconnection delay")
+    stream.add_argument("--retry-budget", type=int_range(0), default=None,
                         help="failed reconnection attempts in a row before a source fails (default: never)")
     stream.add_argument("--realtime", action="store_true", help="pace video files at their frame rate")
     stream.add_argument("--loop", action="store_true", help="replay video files from the start when they end")
-    stream.add_argument("--max-frames", type=int, default=None)
-    stream.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    stream.add_argument("--idle-timeout", type=float, default=None,
+    stream.add_argument("--max-frames", type=int_range(1), default=None)
+    stream.add_argument("--duration", type=float_range(0.0), default=None, help="stop after this many seconds")
+    stream.add_argument("--idle-timeout", type=float_range(0.0), default=None,
                         help="stop when no source delivered a frame for this many seconds (default: wait)")
-    stream.add_argument("--steps", type=int, default=None, help="DDIM steps of a diffusion bundle (default: its own)")
-    stream.add_argument("--noise-seed", type=int, default=None,
+    stream.add_argument("--max-pixels", type=int_range(1), default=None,
+                        help="refuse images and frames larger than this many pixels (default: "
+                             "$EDGE_AD_MAX_IMAGE_PIXELS or 50 MP)")
+    stream.add_argument("--steps", type=int_range(1, 1000), default=None,
+                        help="DDIM steps of a diffusion bundle (default: its own)")
+    stream.add_argument("--noise-seed", type=int_range(0, MAX_SEED), default=None,
                         help="seed of the inference noise of SPR/DiffAD bundles (default: the bundle's)")
     stream.add_argument("--verbose", action="store_true")
 
@@ -181,55 +395,72 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
 
-    parser = argparse.ArgumentParser(prog="edge-ad", description="Visual anomaly detection for factory lines.")
+    parser = argparse.ArgumentParser(prog="edge-ad", description="Visual anomaly detection for factory lines.",
+                                     epilog=f"exit status: 0 done, {EXIT_ERROR} an error (one line on stderr), "
+                                            f"{EXIT_STREAM_FAILED} stream inspected nothing (every source or every "
+                                            f"inference failed), {EXIT_INTERRUPTED} interrupted")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on synthetic data")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's budget)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="runs/demo", type=nonempty)
+    demo.add_argument("--epochs", type=int_range(1, 100000), default=None,
+                      help="training epochs (default: the demo's budget)")
+    demo.add_argument("--seed", type=int_range(0, MAX_SEED), default=0)
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", help="train a model on an MVTec-layout folder")
     train.add_argument("--model", default="simplenet", help=f"one of: {', '.join(list_models())}")
-    train.add_argument("--data", required=True, nargs="+", metavar="DIR",
+    train.add_argument("--data", required=True, nargs="+", metavar="DIR", type=nonempty,
                        help="category folder(s) with train/good and test/; several train one unified model")
-    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--out", required=True, type=nonempty,
+                       help="run folder; one that already holds a run needs --resume or --overwrite")
     train.add_argument("--budget", choices=BUDGETS, default="paper",
                        help="default epochs/batch/size: the paper's, or the short CPU budget")
-    train.add_argument("--epochs", type=int, default=None, help="default: the budget's")
-    train.add_argument("--batch-size", type=int, default=None, help="default: the budget's")
-    train.add_argument("--backbone", default=None, help="timm name (default: the model's)")
-    train.add_argument("--image-size", type=int, default=None, help="crop size fed to the model")
-    train.add_argument("--resize-size", type=int, default=None, help="resize before the center crop")
+    train.add_argument("--epochs", type=int_range(1, 1000000), default=None, help="default: the budget's")
+    train.add_argument("--batch-size", type=int_range(1, 65536), default=None, help="default: the budget's")
+    train.add_argument("--backbone", default=None, type=nonempty, help="timm name (default: the model's)")
+    train.add_argument("--image-size", type=int_range(1, 8192), default=None, help="crop size fed to the model")
+    train.add_argument("--resize-size", type=int_range(1, 8192), default=None, help="resize before the center crop")
     train.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cpu")
-    train.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    train.add_argument("--seed", type=int_range(0, MAX_SEED), default=0)
+    train.add_argument("--device", default="cpu", type=nonempty, help="cpu, cuda or cuda:N")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --out from its last checkpoint (same settings; checked)")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     train.add_argument("--stage", nargs="+", default=None, metavar="STAGE",
                        help="staged models (diffad: autoencoder denoiser segmentation): run only these "
                             "stages, continuing from RUN's checkpoint (default: all, in order)")
     train.set_defaults(func=_train)
     evaluate = sub.add_parser("eval", help="metrics of a training run, per localization mode")
     evaluate.add_argument("run", help="run folder written by `edge-ad train`")
-    evaluate.add_argument("--data", nargs="+", metavar="DIR", help="test on these folders (default: the run's)")
+    evaluate.add_argument("--data", nargs="+", metavar="DIR", type=nonempty,
+                          help="test on these folders (default: the run's)")
     evaluate.add_argument("--modes", nargs="+", help="localization modes (default: all the model has)")
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", default="cpu", type=nonempty)
+    evaluate.add_argument("--batch-size", type=int_range(1, 65536), default=8)
     evaluate.set_defaults(func=_eval)
     export = sub.add_parser("export", help="a training run -> a bundle; a bundle -> TensorRT engines, Triton repository")
-    export.add_argument("source", metavar="RUN|BUNDLE", help="a training run (with --out) or an existing bundle")
-    export.add_argument("--out", help="bundle folder to write from a run")
+    export.add_argument("source", metavar="RUN|BUNDLE", type=nonempty,
+                        help="a training run (with --out) or an existing bundle")
+    export.add_argument("--out", type=nonempty, help="bundle folder to write from a run")
     export.add_argument("--overwrite", action="store_true")
     export.add_argument("--engine", action="store_true",
                         help="build the FP16 TensorRT engine(s) for this GPU into the bundle (needs TensorRT)")
     export.add_argument("--batch", default="1,1,8", help="engine batch profile: N, MIN,MAX or MIN,OPT,MAX")
     export.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto",
                         help="strongly typed FP16 graph (TensorRT 10/11) or the FP16 builder flag (10.x, DLA)")
-    export.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (AGX Orin, Orin NX)")
-    export.add_argument("--triton", metavar="DIR", help="write a Triton Inference Server model repository")
-    export.add_argument("--max-batch", type=int, default=8, help="Triton max_batch_size")
+    export.add_argument("--dla-core", type=int_range(0, 15), default=None,
+                        help="build for this DLA core (AGX Orin, Orin NX)")
+    export.add_argument("--triton", metavar="DIR", type=nonempty, help="write a Triton Inference Server model repository")
+    export.add_argument("--max-batch", type=int_range(1, 1024), default=8, help="Triton max_batch_size")
     export.set_defaults(func=_export)
-    stream = sub.add_parser("stream", help="run a bundle on cameras, videos, URLs or image folders")
+    stream = sub.add_parser("stream", help="run a bundle on cameras, videos, URLs or image folders",
+                            epilog=f"exit status: 0 when the stream ended (files done, --duration, --max-frames, "
+                                   f"a signal); {EXIT_STREAM_FAILED} when it inspected nothing because every source "
+                                   f"failed or every inference failed (the reason is printed and in the summary's "
+                                   f"'failed'); {EXIT_ERROR} for an error before streaming (bad argument, bundle, "
+                                   f"unwritable --events/--video)")
     _stream_arguments(stream)
     stream.set_defaults(func=_stream)
     info = sub.add_parser("info", help="what this installation can use (kernels, GPUs, runtimes)")
@@ -238,8 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; errors the user can act on print one line and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    """Run a command. Errors the user can act on print one line and return 2 (argument errors: argparse's
+    usage and message, status 2); a stream that inspected nothing returns 3; bugs keep their traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:            # --help, or a bad argument (argparse printed why)
+        return done.code if isinstance(done.code, int) else EXIT_ERROR
     from edge_ad.logs import configure
 
     configure(args.log_format, args.log_level)
@@ -247,12 +482,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print(f"edge-ad {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, ConnectionError, FileNotFoundError, IOError, RuntimeError) as err:
-        from edge_ad.logs import redact
-
-        print(f"edge-ad {args.command}: error: {redact(str(err))}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - sorted into expected (one line) and bugs (re-raised)
+        if not _expected(err):
+            raise
+        print(f"edge-ad {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

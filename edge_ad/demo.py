@@ -24,6 +24,7 @@ IMAGE_SIZE = 224     # the paper's 256 -> 224 setting, faster on a CPU than the 
 def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_frames: int = 300) -> dict:
     import edge_ad
     from edge_ad.stream import EventsSink, VideoSink
+    from edge_ad.training.fit import write_text_atomic
     from edge_ad.training.run import TrainConfig, train
     from export.bundle import export_run
 
@@ -34,7 +35,7 @@ def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_fram
     labels_path = write_conveyor_video(out / "data" / "conveyor.mp4", frames=video_frames, seed=seed)
     print(f"data: {data}, video: {out / 'data' / 'conveyor.mp4'}")
     metrics = train(TrainConfig(data=str(data), out=str(out / "run"), epochs=epochs, batch_size=8, seed=seed,
-                                model_kwargs={"image_size": IMAGE_SIZE, "resize_size": IMAGE_SIZE * 8 // 7}))
+                                overwrite=True, model_kwargs={"image_size": IMAGE_SIZE, "resize_size": IMAGE_SIZE * 8 // 7}))
     bundle = export_run(out / "run", out / "bundle", overwrite=True)
     detector = edge_ad.load(bundle.path, backend="onnxruntime-cpu")
     model_fps = _model_fps(detector)
@@ -56,7 +57,7 @@ def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_fram
         "video_frames": s["frames"], "video_frame_auroc": image_auroc(frame_labels, frame_scores),
         "events": s["anomalous"], "backend": "onnxruntime (CPU)", "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -1,16 +1,33 @@
-"""Detector: a loaded bundle + a backend. predict(image or list) -> Result(s)."""
+"""Detector: a loaded bundle + a backend. predict(image, path or list) -> Result(s).
+
+A model output that is not finite (NaN/inf) never becomes a verdict: predict() raises InferenceError
+naming the images of the batch it hit (with the Results of the others), so a broken model or backend
+is an error for those frames, never "normal" and never a score of -inf.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edge_ad.bundle import Bundle
-from edge_ad.data.images import to_rgb_uint8
+from edge_ad.bundle import Bundle, BundleError
+from edge_ad.data.images import read_image, to_rgb_uint8
 from edge_ad.postprocess import heatmap
 from edge_ad.runtime.preprocess import Geometry, prepare
-from edge_ad.runtime.result import Result
+from edge_ad.runtime.result import InferenceError, Result
+
+COLORS = ("BGR", "RGB")
+ImageInput = np.ndarray | str | Path
+
+
+def check_color(color, where: str = "color") -> str:
+    """'BGR' or 'RGB' (any case) -> the upper-case name; anything else is a ValueError."""
+    if isinstance(color, str) and color.upper() in COLORS:
+        return color.upper()
+    raise ValueError(f"{where} must be 'BGR' (OpenCV's order) or 'RGB', got {color!r}")
 
 
 class Detector:
@@ -18,19 +35,13 @@ class Detector:
     order, the default for frames from cv2) or "RGB". Grayscale, RGBA and 16-bit input are converted."""
 
     def __init__(self, bundle: Bundle, backend, *, color: str = "BGR") -> None:
-        if color not in ("BGR", "RGB"):
-            raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
+        self.color = check_color(color)
         self.bundle = bundle
         self.backend = backend
-        self.color = color
         meta = bundle.meta
         self.geometry = Geometry.from_dict(meta["geometry"])
         self.spec = meta["heatmap"]
-        cal = meta["calibration"]
-        self.threshold = float(cal["image_threshold"])
-        self.image_norm = tuple(cal["image_norm"])
-        self.pixel_norm = tuple(cal["pixel_norm"])
-        self.pixel_threshold = float(cal["pixel_threshold"])
+        self.threshold, self.image_norm, self.pixel_threshold, self.pixel_norm = _calibration(bundle)
 
     @property
     def model_name(self) -> str:
@@ -41,40 +52,93 @@ class Detector:
         """The largest batch the backend takes in one run (a TensorRT profile's max); None: any."""
         return getattr(self.backend, "max_batch", None)
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray], *,
+    def predict(self, images: ImageInput | Sequence[ImageInput], *,
                 color: str | Sequence[str] | None = None) -> Result | list[Result]:
         """One image -> one Result; a list of images -> a list of Results (one batched inference).
-        `color` overrides the detector's channel order for this call: one for all, or one per image."""
-        single = isinstance(images, np.ndarray)
-        batch = [images] if single else list(images)
+
+        An image is an H x W (x 1/3/4) array, or the path of an image file (read, and its colour order
+        taken from the file). `color` overrides the detector's channel order for arrays in this call:
+        one for all, or one per image. Raises InferenceError when the model's output is not finite
+        for some images (its `results` holds the others')."""
+        single = isinstance(images, (np.ndarray, str, Path))
+        if images is None:
+            raise TypeError("predict() needs an image (a numpy array H x W x C), the path of an image file, or a "
+                            "list of them; got None")
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            raise ValueError(f"predict() got a 4-D array {images.shape}; pass one image (H x W x C) or a list of "
+                             "images, one per frame")
+        batch = [images] if single else _as_list(images)
         if not batch:
             return []
-        colors = [color or self.color] * len(batch) if color is None or isinstance(color, str) else list(color)
-        if len(colors) != len(batch):
-            raise ValueError(f"got {len(colors)} colour orders for {len(batch)} images")
-        rgb = [to_rgb_uint8(im, bgr=c == "BGR") for im, c in zip(batch, colors)]
-        maps, scores = self.heatmaps(np.stack([prepare(im, self.geometry) for im in rgb]))
-        results = self.results(maps, scores, [im.shape[:2] for im in rgb])
+        colors = self._colors(color, len(batch))
+        rgb = [self._rgb(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
+        sizes = [im.shape[:2] for im in rgb]
+        maps, scores, bad = self._heatmaps(np.stack([prepare(im, self.geometry) for im in rgb]))
+        if bad:
+            results = [None if i in bad else r for i, r in
+                       enumerate(self.results(np.nan_to_num(maps), np.nan_to_num(scores), sizes))]
+            raise _non_finite(bad, len(batch), results)
+        results = self.results(maps, scores, sizes)
         return results[0] if single else results
 
-    def scores(self, images: Sequence[np.ndarray], *, color: str | None = None) -> np.ndarray:
-        """Image scores only: on TensorRT the full-size maps then never leave the GPU."""
-        bgr = (color or self.color) == "BGR"
-        prepared = np.stack([prepare(to_rgb_uint8(im, bgr=bgr), self.geometry) for im in images])
-        return self.heatmaps(prepared, maps=False)[1]
+    def _colors(self, color, n: int) -> list[str]:
+        if color is None:
+            return [self.color] * n
+        if isinstance(color, str) or not isinstance(color, (list, tuple)):
+            return [check_color(color)] * n
+        colors = [check_color(c, f"color[{i}]") for i, c in enumerate(_as_list(color, "color"))]
+        if len(colors) != n:
+            raise ValueError(f"got {len(colors)} colour orders for {n} images")
+        return colors
+
+    @staticmethod
+    def _rgb(image: ImageInput, color: str, index: int) -> np.ndarray:
+        """An array in `color` order, or an image file, as RGB uint8."""
+        if isinstance(image, (str, Path)):
+            if not str(image).strip():
+                raise ValueError(f"image {index}: an empty path")
+            return read_image(image)
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image {index}: predict() takes numpy arrays (H x W x C) or image file paths, "
+                            f"got {type(image).__name__}")
+        return to_rgb_uint8(image, bgr=color == "BGR")
+
+    def scores(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:
+        """Image scores only: on TensorRT the full-size maps then never leave the GPU. Raises
+        InferenceError when a score is not finite."""
+        batch = _as_list(images)
+        colors = self._colors(color, len(batch))
+        prepared = np.stack([prepare(self._rgb(im, c, i), self.geometry)
+                             for i, (im, c) in enumerate(zip(batch, colors))])
+        _, scores, bad = self._heatmaps(prepared, maps=False)
+        if bad:
+            raise _non_finite(bad, len(batch))
+        return scores
 
     def heatmaps(self, prepared: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """Prepared uint8 batch -> (full-size maps of the crop, or None; scores): on the device when
-        the backend post-processes there (TensorRT), else the CPU kernel on the backend's raw maps."""
+        the backend post-processes there (TensorRT), else the CPU kernel on the backend's raw maps.
+        Raises InferenceError when the model's output is not finite for some images."""
+        out, scores, bad = self._heatmaps(prepared, maps=maps)
+        if bad:
+            raise _non_finite(bad, len(prepared))
+        return out, scores
+
+    def _heatmaps(self, prepared: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray, list[int]]:
+        """As heatmaps(), plus the batch positions whose raw output, score or map is not finite."""
         limit = self.max_batch
         if limit and len(prepared) > limit:            # larger than the engine's profile: in chunks
-            parts = [self.heatmaps(prepared[i:i + limit], maps=maps) for i in range(0, len(prepared), limit)]
-            return (np.concatenate([m for m, _ in parts]) if maps else None), np.concatenate([s for _, s in parts])
+            parts = [self._heatmaps(prepared[i:i + limit], maps=maps) for i in range(0, len(prepared), limit)]
+            bad = [i + start for start, (_, _, b) in zip(range(0, len(prepared), limit), parts) for i in b]
+            return ((np.concatenate([m for m, _, _ in parts]) if maps else None),
+                    np.concatenate([s for _, s, _ in parts]), bad)
         on_device = getattr(self.backend, "infer_heatmap", None)
         if on_device is not None:
-            return on_device(prepared, maps=maps)
-        out, scores = self._cpu_heatmap(self.infer(prepared))
-        return (out if maps else None), scores
+            out, scores = on_device(prepared, maps=maps)
+            return out, scores, _non_finite_rows(scores, out)
+        raw = self.infer(prepared)
+        out, scores = self._cpu_heatmap(raw)
+        return (out if maps else None), scores, _non_finite_rows(scores, out, raw)
 
     def _cpu_heatmap(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.spec
@@ -87,8 +151,13 @@ class Detector:
         return self.backend.infer(batch)
 
     def postprocess(self, raw: np.ndarray, sizes: list[tuple[int, int]]) -> list[Result]:
-        """Raw maps (from infer) -> Results, on the CPU kernel."""
-        return self.results(*self._cpu_heatmap(raw), sizes)
+        """Raw maps (from infer) -> Results, on the CPU kernel; InferenceError for non-finite ones."""
+        maps, scores = self._cpu_heatmap(raw)
+        bad = _non_finite_rows(scores, maps, raw)
+        if bad:
+            results = self.results(np.nan_to_num(maps), np.nan_to_num(scores), sizes)
+            raise _non_finite(bad, len(sizes), [None if i in bad else r for i, r in enumerate(results)])
+        return self.results(maps, scores, sizes)
 
     def results(self, maps: np.ndarray, scores: np.ndarray, sizes: list[tuple[int, int]]) -> list[Result]:
         lo, hi = self.image_norm
@@ -115,3 +184,56 @@ class Detector:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+def _as_list(items, what: str = "images") -> list:
+    """A list from a list, tuple or other iterable (not a string, not None)."""
+    if items is None or isinstance(items, (str, bytes, dict)):
+        raise TypeError(f"{what}: expected a list, got {type(items).__name__}")
+    try:
+        return list(items)
+    except TypeError:
+        raise TypeError(f"{what}: expected an image, an image path or a list of them, "
+                        f"got {type(items).__name__}") from None
+
+
+def _non_finite_rows(scores: np.ndarray, *arrays: np.ndarray | None) -> list[int]:
+    """Batch positions where the score or any of `arrays` (per image: maps, raw output) is not finite."""
+    ok = np.isfinite(np.asarray(scores, np.float64).reshape(len(scores), -1)).all(axis=1)
+    for a in arrays:
+        if a is not None and len(a) == len(ok):
+            ok &= np.isfinite(np.asarray(a).reshape(len(a), -1)).all(axis=1)
+    return np.flatnonzero(~ok).tolist()
+
+
+def _non_finite(bad: list[int], n: int, results: list | None = None) -> InferenceError:
+    return InferenceError(f"the model's output is not finite (NaN/inf) for image(s) {', '.join(map(str, bad[:16]))} "
+                          f"of this batch of {n}: no result for them (not 'normal'). The model or the backend "
+                          "is broken: compare with backend='onnxruntime-cpu', or re-export the bundle", bad, results)
+
+
+def _calibration(bundle: Bundle) -> tuple[float, tuple[float, float], float, tuple[float, float]]:
+    """(image threshold, image norm, pixel threshold, pixel norm) from meta.json, each finite with lo < hi;
+    a missing or non-finite field is a BundleError naming it (a NaN threshold flags nothing)."""
+    cal = bundle.meta.get("calibration")
+    where = f"{bundle.path}: meta.json calibration"
+    if not isinstance(cal, dict):
+        raise BundleError(f"{where} is missing or not an object; re-export the bundle")
+
+    def number(value, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BundleError(f"{where}.{name} is {value!r}, not a finite number; re-export the bundle from "
+                              "a run with a valid calibration")
+        return float(value)
+
+    def pair(name: str) -> tuple[float, float]:
+        value = cal.get(name)
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise BundleError(f"{where}.{name} must be a pair [lo, hi], got {value!r}; re-export the bundle")
+        lo, hi = number(value[0], f"{name}[0]"), number(value[1], f"{name}[1]")
+        if not hi - lo > 0 or not math.isfinite(hi - lo):
+            raise BundleError(f"{where}.{name} is ({lo}, {hi}): it needs lo < hi; re-export the bundle")
+        return lo, hi
+
+    return (number(cal.get("image_threshold"), "image_threshold"), pair("image_norm"),
+            number(cal.get("pixel_threshold"), "pixel_threshold"), pair("pixel_norm"))

@@ -10,6 +10,17 @@ import numpy as np
 from edge_ad.runtime.preprocess import Geometry
 
 
+class InferenceError(ValueError):
+    """The model's output was not finite (NaN or inf) for some images of a batch: those images have no
+    result (never "normal"). `indices`: their positions in the batch; `results`: one entry per image of
+    the batch, the Result of each finite one and None for each failed one (empty when not computed)."""
+
+    def __init__(self, message: str, indices: list[int], results: list | None = None) -> None:
+        super().__init__(message)
+        self.indices = list(indices)
+        self.results = list(results or [])
+
+
 @dataclass
 class Result:
     """One image's result. `heatmap`/`mask` are computed on first access, at the input image's size."""
@@ -44,7 +55,19 @@ class Result:
         return (self.heatmap >= (self.pixel_threshold - lo) / (hi - lo)).astype(np.uint8)
 
     def overlay(self, image: np.ndarray, *, color: str = "BGR", alpha: float = 0.45) -> np.ndarray:
-        """The heatmap blended over `image` (3-channel, in the `color` order given), with a score label."""
+        """The heatmap blended over `image` (the image this result is for: H x W x 3 uint8, in the
+        `color` order given), with a score label."""
+        color = color.upper() if isinstance(color, str) else color
+        if color not in ("BGR", "RGB"):
+            raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"overlay() needs the frame as an H x W x 3 uint8 array, got a {what}")
+        if tuple(image.shape[:2]) != tuple(self.image_size):
+            raise ValueError(f"overlay() got a {image.shape[1]}x{image.shape[0]} image for a result of a "
+                             f"{self.image_size[1]}x{self.image_size[0]} one; pass the image the result is for")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}")
         colours = cv2.applyColorMap((self.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
         if color == "RGB":
             colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)

@@ -43,9 +43,33 @@ def predict_with(run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], d
 
 
 def metrics(pred: dict) -> dict:
-    """image_auroc always; pixel_auroc and aupro when the dataset has masks (else None)."""
-    out = {"image_auroc": image_auroc(pred["labels"], pred["scores"]), "pixel_auroc": None, "aupro": None}
-    if pred["masks"] is not None and pred["masks"].any():
-        out["pixel_auroc"] = pixel_auroc(pred["masks"], pred["maps"])
-        out["aupro"] = aupro(pred["masks"], pred["maps"])
+    """image_auroc always when the test images hold both classes; pixel_auroc and aupro when the
+    dataset has masks with anomalous and normal pixels. A metric that cannot be computed is None,
+    with the reason in `absent` (present only when something is absent)."""
+    labels = np.asarray(pred["labels"])
+    out: dict = {"image_auroc": None, "pixel_auroc": None, "aupro": None}
+    absent: dict[str, str] = {}
+    scores, maps = np.asarray(pred["scores"]), np.asarray(pred["maps"])
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        absent["image_auroc"] = f"the model's score is NaN/inf on test images {bad[:8].tolist()}"
+    elif (labels == 1).any() and (labels == 0).any():
+        out["image_auroc"] = image_auroc(labels, scores)
+    else:
+        absent["image_auroc"] = ("no anomalous (defect) test images" if not (labels == 1).any()
+                                 else "no normal (good) test images")
+    masks = pred["masks"]
+    if masks is None:
+        absent["pixel_auroc"] = absent["aupro"] = "no ground_truth/ masks"
+    elif not masks.any():
+        absent["pixel_auroc"] = absent["aupro"] = "no anomalous pixels in the masks (no defect test images)"
+    elif masks.all():
+        absent["pixel_auroc"] = absent["aupro"] = "no normal pixels in the masks"
+    elif not np.isfinite(maps).all():
+        absent["pixel_auroc"] = absent["aupro"] = "the model's maps hold NaN/inf on some test images"
+    else:
+        out["pixel_auroc"] = pixel_auroc(masks, maps)
+        out["aupro"] = aupro(masks, maps)
+    if absent:
+        out["absent"] = absent
     return out

@@ -18,9 +18,8 @@ from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.data import Prepared, loader
 from edge_ad.training.evaluate import metrics, predict, predict_with
-from edge_ad.training.run import load_categories, load_run
-
-EVAL_FILE = "eval.json"
+from edge_ad.training.fit import write_text_atomic
+from edge_ad.training.run import EVAL_FILE, check_device, load_categories, load_run
 EXPORTED = "exported"
 
 
@@ -28,11 +27,14 @@ def evaluate_run(run: str | Path, *, data: list[str] | None = None, modes: list[
                  device: str = "cpu", batch_size: int = 8) -> dict:
     """{"modes": {mode: {category: metrics}}, ...}; also written to RUN/eval.json."""
     run = Path(run)
+    check_device(device)
     info, model = load_run(run)
     model = model.to(device)
     available = list(getattr(model, "localization_modes", (EXPORTED,)))
     exported_mode = available[0]
     modes = modes or available
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     unknown = [m for m in modes if m not in available]
     if unknown:
         raise ValueError(f"{info['model']} has no localization mode {unknown}; it has {', '.join(available)}")
@@ -52,7 +54,7 @@ def evaluate_run(run: str | Path, *, data: list[str] | None = None, modes: list[
             per[c.name] = metrics(pred)
         report["modes"][mode] = per
     report["written"] = str(run / EVAL_FILE)
-    (run / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(run / EVAL_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
 
 
