@@ -5,8 +5,8 @@ from edge_ad.stream.capture import CameraSource, CaptureSource, NetworkSource, R
 from edge_ad.stream.pipeline import Stream, StreamItem, stop_on_signals
 from edge_ad.stream.sinks import EventsSink, VideoSink, WindowSink
 from edge_ad.stream.snapshots import SnapshotSink
-from edge_ad.stream.sources import FolderSource, Frame, IterableSource, Source, open_source
+from edge_ad.stream.sources import FolderSource, Frame, ImageFileSource, IterableSource, Source, open_source
 
-__all__ = ["CameraSource", "CaptureSource", "EventsSink", "FolderSource", "Frame", "IterableSource", "NetworkSource",
-           "Reconnect", "SnapshotSink", "Source", "Stream", "StreamItem", "VideoFileSource", "VideoSink", "WindowSink",
-           "open_source", "redact", "stop_on_signals"]
+__all__ = ["CameraSource", "CaptureSource", "EventsSink", "FolderSource", "Frame", "ImageFileSource",
+           "IterableSource", "NetworkSource", "Reconnect", "SnapshotSink", "Source", "Stream", "StreamItem",
+           "VideoFileSource", "VideoSink", "WindowSink", "open_source", "redact", "stop_on_signals"]

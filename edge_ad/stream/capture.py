@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_ad.data.images import MAX_PIXELS_ENV
 from edge_ad.logs import redact
 from edge_ad.stream.sources import Source
 
@@ -80,6 +81,7 @@ class VideoFileSource(CaptureSource):
         self._set_state("connected", frames=int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
 
     def _read_loop(self) -> None:
+        self._check_size()
         index = 0
         fps = frame_rate(self.cap)
         while not self._stop.is_set():
@@ -91,6 +93,14 @@ class VideoFileSource(CaptureSource):
             self.cap = self._capture()
             log.info("source %s: looping after %d frames (%.0f s)", self.name, read, time.monotonic() - start,
                      extra={"source": self.name})
+
+    def _check_size(self) -> None:
+        """Refuse a video whose frames are over the pixel limit before decoding one (the source fails)."""
+        width = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width * height > self._limit:
+            raise ValueError(f"{self.name} has {width}x{height} frames, over the limit of {self._limit / 1e6:g} MP; "
+                             f"not decoded (raise the limit with {MAX_PIXELS_ENV}=<pixels>)")
 
     def _read_pass(self, first: int, fps: float) -> int:
         """One pass over the file; returns the number of frame positions it covered."""

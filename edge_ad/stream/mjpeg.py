@@ -116,16 +116,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+MAX_VIDEO_BYTES = 1 << 30        # the decoded frames held in memory by the test camera
+
+
 def _video_frames(path: Path) -> FrameFn:
-    """Frame k of a video file, looped (decoded once into memory: keep the file short)."""
+    """Frame k of a video file, looped (decoded once into memory: keep the file short; frames over the
+    pixel limit, or more than 1 GiB of decoded frames in all, are refused)."""
+    from edge_ad.data.images import check_pixels
+
     cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    try:
+        check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0),
+                     f"video {path}")
+        frames, total = [], 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            total += frame.nbytes
+            if total > MAX_VIDEO_BYTES:
+                raise ValueError(f"{path} decodes to more than {MAX_VIDEO_BYTES >> 20} MiB of frames; give a shorter "
+                                 "or smaller video to the test camera")
+            frames.append(frame)
+    finally:
+        cap.release()
     if not frames:
         raise ValueError(f"no frames could be read from {path}")
     return lambda k: frames[k % len(frames)]

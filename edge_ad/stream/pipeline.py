@@ -12,6 +12,7 @@ SIGTERM under `stop_on_signals`) ends the stream after processing the frames alr
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -22,12 +23,14 @@ from typing import Iterator
 import numpy as np
 
 import edge_ad
+from edge_ad.data.images import max_image_pixels
+from edge_ad.logs import Throttle, escape_controls, redact
 from edge_ad.runtime.result import Result
 from edge_ad.stream.sources import Frame, Source, open_source
 
 log = logging.getLogger(__name__)
 
-MAX_INFERENCE_FAILURES = 5         # in a row: the backend is broken, not one frame
+MAX_INFERENCE_FAILURES = 5         # batches in a row failing with no result: the backend is broken, not one frame
 DEFAULT_MAX_BATCH = 8
 
 
@@ -45,20 +48,27 @@ class Stream:
     `sources`: one spec or a list (camera index, file, folder, URL, Source, iterable of arrays).
     `batch`: frames per inference (default: one per source, at most the engine's max or 8).
     Ends when every source has ended or failed, after `max_frames` frames or `duration` seconds,
-    when no frame came for `idle_timeout` seconds (None: wait for ever), or on `stop()`."""
+    when no frame came for `idle_timeout` seconds (None: wait for ever), or on `stop()`.
+    `max_pixels`: the largest image or frame accepted (default $EDGE_AD_MAX_IMAGE_PIXELS or 50 MP).
+
+    A frame whose inference fails (an error, or a NaN/inf model output) is counted as an inference
+    error of its source and logged; the other frames of its batch are run again one by one, so they
+    are not lost. `summary()["failed"]` says whether every source failed or every inference failed."""
 
     def __init__(self, detector, sources, *, sinks: list | None = None, batch: int | None = None,
                  max_frames: int | None = None, duration: float | None = None, idle_timeout: float | None = None,
-                 reconnect=None, realtime: bool = False, loop: bool = False) -> None:
+                 reconnect=None, realtime: bool = False, loop: bool = False, max_pixels: int | None = None) -> None:
         specs = list(sources) if isinstance(sources, (list, tuple)) else [sources]
         if not specs:
             raise ValueError("stream needs at least one source")
         if any(isinstance(s, np.ndarray) for s in specs):
             raise TypeError("a list of arrays is read as a list of sources: wrap the frames in IterableSource(frames)")
+        max_image_pixels(max_pixels)                   # a bad limit (argument or environment) is refused here
         self.detector = detector
         self.batch = _batch_size(batch, len(specs), detector.max_batch)
         self.sources: list[Source] = _unique([open_source(s, reconnect=reconnect, realtime=realtime, loop=loop,
-                                                          buffer=max(4, self.batch)) for s in specs])
+                                                          buffer=max(4, self.batch), max_pixels=max_pixels)
+                                              for s in specs])
         self.sinks = list(sinks or [])
         self.max_frames, self.duration, self.idle_timeout = max_frames, duration, idle_timeout
         self.frames = 0
@@ -68,7 +78,9 @@ class Stream:
         self._stopping = threading.Event()
         self._turn = 0
         self._failures = 0
-        self._sink_errors: dict[int, float] = {}
+        self._fatal = ""                                # why the stream stopped on an error, if it did
+        self._sink_errors: dict[int, Throttle] = {}
+        self._inference_logs = {s.name: Throttle(log, interval=10.0, burst=5) for s in self.sources}
 
     @property
     def source(self) -> Source:
@@ -177,33 +189,79 @@ class Stream:
             else:
                 fresh.append(frame)
         results = self._infer(fresh)
-        if results is None:
-            return
         done = time.time()
         now = time.monotonic()
         for frame, result in zip(fresh, results):
+            if result is None:
+                continue
             item = StreamItem(frame, result, (done - frame.timestamp) * 1e3)
             stats[frame.source].record(frame.index, item.latency_ms, result.is_anomalous, now)
             self.frames += 1
             self._write(item)
             yield item
 
-    def _infer(self, frames: list[Frame]) -> list[Result] | None:
-        """The batch's results; None when inference failed (counted, logged; raised when it keeps failing)."""
+    def _infer(self, frames: list[Frame]) -> list[Result | None]:
+        """One Result per frame; None for a frame whose inference failed or gave a non-finite output
+        (counted against its source, logged). A non-finite output fails only its own frames; when a
+        batch fails otherwise, its frames are run one by one so the good ones are kept. Raises when
+        the backend itself failed MAX_INFERENCE_FAILURES batches in a row with no result at all."""
         if not frames:
-            return None
+            return []
         try:
-            results = self.detector.predict([f.image for f in frames], color=[f.color for f in frames])
-        except Exception as err:
+            results: list[Result | None] = list(self._predict(frames))
+            errors: list[BaseException | None] = [None] * len(frames)
+        except Exception as err:  # noqa: BLE001 - counted and logged per frame below
+            results, errors = self._retry(frames, err)
+        for k, result in enumerate(results):
+            if result is not None and not _finite(result):
+                results[k], errors[k] = None, _NonFinite()
+        backend_errors = [e for e in errors if e is not None and not _non_finite(e)]
+        for frame, error in zip(frames, errors):
+            if error is not None:
+                self._frame_failed(frame, error)
+        if any(r is not None for r in results):
+            self._failures = 0
+        elif backend_errors:
             self._failures += 1
-            for frame in frames:
-                next(s for s in self.sources if s.name == frame.source).stats.inference_errors += 1
-            log.error("inference failed on %d frame(s) (%d in a row): %s", len(frames), self._failures, err)
             if self._failures >= MAX_INFERENCE_FAILURES:
-                raise RuntimeError(f"inference failed {self._failures} times in a row; last error: {err}") from err
-            return None
-        self._failures = 0
+                last = _text(backend_errors[-1])
+                self._fatal = f"inference failed {self._failures} times in a row; last error: {last}"
+                raise RuntimeError(self._fatal) from backend_errors[-1]
         return results
+
+    def _retry(self, frames: list[Frame], err: Exception) -> tuple[list, list]:
+        """After a failed batch: the Detector's partial results when it says which frames were not finite,
+        else each frame run on its own (so one bad frame does not cost the others theirs)."""
+        partial = getattr(err, "results", None)
+        if _non_finite(err) and isinstance(partial, list) and len(partial) == len(frames):
+            return list(partial), [None if r is not None else err for r in partial]
+        if len(frames) == 1:
+            return [None], [err]
+        log.warning("inference failed on a batch of %d frames (%s); running them one by one", len(frames), _text(err))
+        results, errors = [], []
+        for frame in frames:
+            try:
+                results.append(self._predict([frame])[0])
+                errors.append(None)
+            except Exception as one:  # noqa: BLE001 - this frame's error
+                results.append(None)
+                errors.append(one)
+        return results, errors
+
+    def _predict(self, frames: list[Frame]) -> list[Result]:
+        results = self.detector.predict([f.image for f in frames], color=[f.color for f in frames])
+        if len(results) != len(frames):
+            raise RuntimeError(f"the detector returned {len(results)} results for {len(frames)} frames")
+        return results
+
+    def _frame_failed(self, frame: Frame, error: BaseException) -> None:
+        """Count a frame whose inference failed against its source, and log it (rate-limited per source)."""
+        stats = next(s for s in self.sources if s.name == frame.source).stats
+        stats.inference_errors += 1
+        stats.last_inference_error = _NonFinite.MESSAGE if _non_finite(error) else _text(error)
+        self._inference_logs[frame.source](logging.ERROR, "source %s: frame %d: inference failed: %s (%d so far)",
+                                           frame.source, frame.index, stats.last_inference_error,
+                                           stats.inference_errors, extra={"source": frame.source})
 
     # Sinks and events ------------------------------------------------------------------------------
     def _write(self, item: StreamItem) -> None:
@@ -217,24 +275,35 @@ class Stream:
                 self._guard(sink, handler, event)
 
     def _forward_events(self) -> None:
+        """State changes of the sources, and the sinks' own events (e.g. a snapshot not written), to the sinks."""
         for source in self.sources:
             for event in source.take_events():
                 self._event(event)
+        for sink in self.sinks:
+            take = getattr(sink, "take_events", None)
+            if take is not None:
+                for event in take():
+                    self._event(event)
 
     def _guard(self, sink, method, arg) -> None:
         """A failing sink (full disk, closed window) is logged at most once a minute; the stream goes on."""
         try:
             method(arg)
         except Exception as err:  # noqa: BLE001 - inspection continues; the log says what broke
-            last = self._sink_errors.get(id(sink), 0.0)
-            if time.monotonic() - last > 60:
-                log.error("sink %s failed: %s (the stream continues; repeated errors are logged once a minute)",
-                          type(sink).__name__, err)
-                self._sink_errors[id(sink)] = time.monotonic()
+            throttle = self._sink_errors.setdefault(id(sink), Throttle(log, 60.0))
+            throttle(logging.ERROR, "sink %s failed: %s (the stream continues; repeated errors are logged once a "
+                     "minute)", type(sink).__name__, _text(err))
 
     def _finish(self) -> None:
         for source in self.sources:
             source.close()
+        for sink in self.sinks:                  # background writers finish, so the summary comes last
+            flush = getattr(sink, "flush", None)
+            if flush is not None:
+                try:
+                    flush(30.0)
+                except Exception as err:  # noqa: BLE001 - the summary must still be written
+                    log.error("flushing sink %s failed: %s", type(sink).__name__, _text(err))
         self._forward_events()
         self._event({"event": "summary", "time": time.time(), **self.summary()})
         for sink in self.sinks:
@@ -251,7 +320,9 @@ class Stream:
         return self.summary()
 
     def summary(self) -> dict:
-        """Totals (frames, fps, latency percentiles over all sources, drops, corrupt) and `sources`: per source."""
+        """Totals (frames, fps, latency percentiles over all sources, drops, corrupt), `sources`: per source
+        (with `reason`: why it produced nothing, or None), and `failed`: {"all_sources_failed": bool,
+        "all_inference_failed": bool, "reason": str ("" when neither)} for an exit code."""
         seconds = self.seconds or (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
         per = {s.name: s.stats.summary(seconds) for s in self.sources}
         latencies = np.concatenate([np.asarray(s.stats.latencies_ms, np.float64) for s in self.sources])
@@ -261,7 +332,24 @@ class Stream:
                 "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2) if latencies.size else 0.0,
                 "latency_ms_p99": round(float(np.percentile(latencies, 99)), 2) if latencies.size else 0.0,
                 "dropped": sum(p["dropped"] for p in per.values()), "corrupt": sum(p["corrupt"] for p in per.values()),
-                "source_state": self.sources[0].stats.state, "batch": self.batch, "sources": per}
+                "source_state": self.sources[0].stats.state, "batch": self.batch, "sources": per,
+                "failed": self._failed(per)}
+
+    def _failed(self, per: dict) -> dict:
+        """Whether the run as a whole failed: every source failed (or delivered no usable frame), or
+        every inference failed (frames came, none got a result); `reason` says why."""
+        stats = [s.stats for s in self.sources]
+        all_sources = all(p["reason"] for p in per.values())
+        all_inference = sum(s.inference_errors for s in stats) > 0 and sum(s.processed for s in stats) == 0
+        reason = ""
+        if all_inference:
+            last = next((s.last_inference_error for s in reversed(stats) if s.last_inference_error), "")
+            reason = self._fatal or f"every inference failed ({sum(s.inference_errors for s in stats)} frames): {last}"
+        elif all_sources:
+            reason = "every source failed: " + "; ".join(f"{name}: {p['reason']}" for name, p in per.items())
+        elif self._fatal:
+            reason = self._fatal
+        return {"all_sources_failed": all_sources, "all_inference_failed": all_inference, "reason": reason}
 
 
 @contextmanager
@@ -295,6 +383,37 @@ def _batch_size(batch: int | None, sources: int, limit: int | None) -> int:
                              f"`edge-ad export BUNDLE --engine --batch 1,{batch},{batch}` or lower --batch")
         return batch
     return max(1, min(sources, limit or DEFAULT_MAX_BATCH))
+
+
+def _finite(result: Result) -> bool:
+    """Whether a result's scores and map are finite numbers (a NaN output must never read as "normal")."""
+    if not (math.isfinite(result.score) and math.isfinite(result.normalized_score)):
+        return False
+    crop = getattr(result, "crop_map", None)
+    return not isinstance(crop, np.ndarray) or bool(np.isfinite(crop).all())
+
+
+class _NonFinite(ValueError):
+    """A result whose score or map is NaN/inf (caught here too, whatever the detector checked)."""
+
+    MESSAGE = "the model's output is not finite (NaN or inf); no result for this frame (never 'normal')"
+    indices: list[int] = []
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+def _non_finite(err: BaseException) -> bool:
+    """Whether `err` is a non-finite model output for some frames (the Detector's InferenceError carries
+    `indices`): those frames fail, the backend works."""
+    return isinstance(err, ValueError) and hasattr(err, "indices")
+
+
+def _text(err: BaseException | None) -> str:
+    """An error as one line of text for logs, events and the summary: redacted, control characters escaped."""
+    if err is None:
+        return ""
+    return escape_controls(redact(str(err) or type(err).__name__))
 
 
 def _unique(sources: list[Source]) -> list[Source]:

@@ -20,6 +20,8 @@ _COUNTERS = (  # (metric name without _total, help, SourceStats attribute)
     ("edge_ad_frames_read", "Frames read from the source", "frames_read"),
     ("edge_ad_frames_dropped", "Frames a live source replaced before the model took them", "frames_dropped"),
     ("edge_ad_frames_corrupt", "Frames skipped because they could not be decoded or converted", "frames_corrupt"),
+    ("edge_ad_frames_too_large", "Images or frames skipped for being over the pixel limit (also in corrupt)",
+     "frames_too_large"),
     ("edge_ad_anomalies", "Frames judged anomalous", "anomalous"),
     ("edge_ad_reconnects", "Successful reconnections after a lost connection", "reconnects"),
     ("edge_ad_inference_errors", "Frames whose inference failed", "inference_errors"),

@@ -23,14 +23,18 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from edge_ad.data.images import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb_uint8
-from edge_ad.logs import redact
+from edge_ad.data.images import (IMAGE_SUFFIXES, MAX_PIXELS_ENV, ImageReadError, ImageTooLargeError, NotAnImageError,
+                                  max_image_pixels, read_image, to_rgb_uint8)
+from edge_ad.logs import Throttle, escape_controls, redact
 from edge_ad.stream.stats import SourceStats
 
 log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https)://", re.IGNORECASE)
 ENDED_STATES = ("ended", "failed", "stopped")
+FOLDER_RETRIES = 3              # a file that looks still being written is read again up to this many times
+FOLDER_RETRY_DELAY_S = 0.2      # the first wait before reading it again; it doubles each time
+FOLDER_FRESH_S = 0.5            # a file modified this recently may still be being written
 
 
 @dataclass
@@ -49,9 +53,12 @@ class Source(ABC):
     live = False
     color = "BGR"
 
-    def __init__(self, name: str, *, buffer: int = 4) -> None:
-        self.name = redact(name)
+    def __init__(self, name: str, *, buffer: int = 4, max_pixels: int | None = None) -> None:
+        self.name = escape_controls(redact(str(name)))  # no secret, and no newline to forge a log or event line
+        self.max_pixels = max_pixels                   # None: $EDGE_AD_MAX_IMAGE_PIXELS or the default
+        self._limit = max_image_pixels(max_pixels)
         self.stats = SourceStats()
+        self._skips = Throttle(log, interval=10.0, burst=20)
         self._frames: deque[Frame] = deque(maxlen=1 if self.live else max(1, buffer))
         self._events: deque[dict] = deque(maxlen=1000)
         self._cond = threading.Condition()
@@ -64,6 +71,7 @@ class Source(ABC):
     # The reader thread --------------------------------------------------------------------
     def start(self) -> "Source":
         """Open (raising a clear error for a missing file or camera) and start reading."""
+        self._limit = max_image_pixels(self.max_pixels)
         self._open()
         self._thread = threading.Thread(target=self._run, name=f"edge_ad-source-{self.name}", daemon=True)
         self._thread.start()
@@ -75,8 +83,9 @@ class Source(ABC):
             if self.stats.state not in ENDED_STATES:
                 self._set_state("stopped" if self._stop.is_set() else "ended")
         except Exception as err:  # noqa: BLE001 - reported through stats, events and the log, never silent
-            self.stats.errors.append(redact(str(err)))
-            self._set_state("failed", error=redact(str(err)), level=logging.ERROR)
+            message = escape_controls(redact(str(err) or type(err).__name__))
+            self.stats.errors.append(message)
+            self._set_state("failed", error=message, level=logging.ERROR)
         finally:
             self._release()
             with self._cond:
@@ -87,6 +96,8 @@ class Source(ABC):
     def _set_state(self, state: str, *, level: int = logging.INFO, **fields) -> None:
         """Record a state change: stats, the log, and an event for the sinks."""
         self.stats.state = state
+        if state == "failed":
+            self.stats.failure = str(fields.get("error") or fields.get("reason") or "failed")
         detail = ", ".join(f"{k}={v}" for k, v in fields.items())
         log.log(level, "source %s: %s%s", self.name, state, f" ({detail})" if detail else "",
                 extra={"source": self.name, "state": state})
@@ -122,6 +133,11 @@ class Source(ABC):
         if not isinstance(image, np.ndarray) or image.size == 0:
             self._corrupt(index, "empty or undecodable frame")
             return None
+        if image.ndim >= 2 and image.shape[0] * image.shape[1] > self._limit:
+            self.stats.frames_too_large += 1
+            self._corrupt(index, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit of "
+                                 f"{self._limit / 1e6:g} MP (raise it with {MAX_PIXELS_ENV}=<pixels>)")
+            return None
         fmt = (image.shape, image.dtype.str)
         if fmt != self._format:
             if self._format is not None:
@@ -144,8 +160,12 @@ class Source(ABC):
         return rgb if self.color == "RGB" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
     def _corrupt(self, index: int, why: str) -> None:
+        """Count and log a skipped frame (at most 20 lines per 10 s per source; the count is exact)."""
+        why = escape_controls(redact(why))
         self.stats.frames_corrupt += 1
-        log.warning("source %s: frame %d skipped: %s", self.name, index, redact(why), extra={"source": self.name})
+        self.stats.last_skip = why
+        self._skips(logging.WARNING, "source %s: frame %d skipped: %s", self.name, index, why,
+                    extra={"source": self.name})
 
     def _wake(self) -> None:
         if self._listener is not None:
@@ -211,12 +231,20 @@ class Source(ABC):
 
 
 class FolderSource(Source):
-    """Every image of a folder, sorted by name; non-images and unreadable files are skipped and counted."""
+    """Every image of a folder, sorted by name; non-images and unreadable files are skipped and counted.
+
+    The folder is read once: the files it holds when the stream starts (hidden files and sub-folders
+    left out), in name order; files added later are not read (start another stream for them). A file
+    that cannot be decoded while it looks still being written (its size or time changed while it was
+    read, or it was modified in the last 0.5 s and is truncated) is read again up to 3 times (after
+    0.2, 0.4, 0.8 s) before it is skipped. An image whose header declares more pixels than the limit
+    (`max_pixels`, $EDGE_AD_MAX_IMAGE_PIXELS, default 50 MP) is skipped without being decoded. Every
+    skip is counted and logged with the file's name, and the folder goes on with the next file."""
 
     color = "RGB"
 
-    def __init__(self, folder: Path, name: str, *, buffer: int = 4) -> None:
-        super().__init__(name, buffer=buffer)
+    def __init__(self, folder: Path, name: str, *, buffer: int = 4, max_pixels: int | None = None) -> None:
+        super().__init__(name, buffer=buffer, max_pixels=max_pixels)
         self.folder = folder
 
     def _open(self) -> None:
@@ -232,12 +260,70 @@ class FolderSource(Source):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 self._corrupt(index, f"{path.name} is not an image file")
                 continue
+            image = self._read_file(path, index)
+            if image is not None:
+                self._put(image, index, name=path.name)
+
+    def _read_file(self, path: Path, index: int) -> np.ndarray | None:
+        """The decoded file, or None (counted, logged) when it is unusable after the retries it deserves."""
+        delay = FOLDER_RETRY_DELAY_S
+        for attempt in range(FOLDER_RETRIES + 1):
+            before = _fingerprint(path)
             try:
-                image = read_image(path)
-            except ImageReadError as err:
+                image = read_image(path, max_pixels=self._limit)
+                if _fingerprint(path) == before:
+                    return image
+                why, final = f"{path.name} changed while it was read", False
+            except ImageTooLargeError as err:
+                self.stats.frames_too_large += 1
                 self._corrupt(index, str(err))
-                continue
-            self._put(image, index, name=path.name)
+                return None
+            except ImageReadError as err:
+                why, final = str(err), isinstance(err, NotAnImageError)
+            except MemoryError:
+                why, final = f"not enough memory to decode {path.name}", True
+            except Exception as err:  # noqa: BLE001 - one bad file must not end the folder
+                why, final = f"cannot read {path.name}: {err}", True
+            if final or attempt == FOLDER_RETRIES or self._stop.is_set() or not _in_flux(path, before):
+                break
+            log.info("source %s: %s looks still being written; reading it again in %.1f s", self.name,
+                     escape_controls(path.name), delay, extra={"source": self.name})
+            self._stop.wait(delay)
+            delay *= 2
+        self._corrupt(index, why)
+        return None
+
+
+class ImageFileSource(FolderSource):
+    """One image file, read like a folder's: header checked against the pixel limit, then decoded
+    (not handed to FFmpeg as a one-frame video, which would skip those checks)."""
+
+    def __init__(self, path: Path, *, buffer: int = 4, max_pixels: int | None = None) -> None:
+        super().__init__(path.parent, path.name, buffer=buffer, max_pixels=max_pixels)
+        self.path = path
+
+    def _open(self) -> None:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"image not found: {self.path}")
+        self.files = [self.path]
+        self._set_state("connected", files=1)
+
+
+def _fingerprint(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, None when it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _in_flux(path: Path, before: tuple[int, int] | None) -> bool:
+    """Whether a file that failed to decode may still be being written: changed, or modified just now."""
+    now = _fingerprint(path)
+    if now is None:
+        return False
+    return now != before or time.time() - now[1] / 1e9 < FOLDER_FRESH_S
 
 
 class IterableSource(Source):
@@ -247,11 +333,11 @@ class IterableSource(Source):
     is accepted and converted. With `live=True` only the newest frame is kept, like a camera."""
 
     def __init__(self, frames: Iterable[np.ndarray], name: str = "frames", *, color: str = "BGR",
-                 live: bool = False, buffer: int = 4) -> None:
+                 live: bool = False, buffer: int = 4, max_pixels: int | None = None) -> None:
         if color not in ("BGR", "RGB"):
             raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
         self.live, self.color = live, color
-        super().__init__(name, buffer=buffer)
+        super().__init__(name, buffer=buffer, max_pixels=max_pixels)
         self.frames = frames
 
     def _open(self) -> None:
@@ -264,12 +350,21 @@ class IterableSource(Source):
             self._put(image, index)
 
 
-def open_source(spec, *, reconnect=None, realtime: bool = False, loop: bool = False, buffer: int = 4) -> Source:
+def open_source(spec, *, reconnect=None, realtime: bool = False, loop: bool = False, buffer: int = 4,
+                max_pixels: int | None = None) -> Source:
     """A source from what a user types: 0 / "0" (camera), a video path, an image folder, an rtsp/http
     URL or a GStreamer pipeline ending in appsink; a Source or an iterable of arrays is used as is.
 
     `reconnect` (a `Reconnect`) is the retry policy of cameras and network streams; `realtime` paces
-    a video file at its frame rate, `loop` replays it (frame indices keep counting)."""
+    a video file at its frame rate, `loop` replays it (frame indices keep counting); `max_pixels` is
+    the largest image or frame accepted (default: $EDGE_AD_MAX_IMAGE_PIXELS or 50 MP)."""
+    source = _open_source(spec, reconnect=reconnect, realtime=realtime, loop=loop, buffer=buffer)
+    if max_pixels is not None:
+        source.max_pixels = max_pixels
+    return source
+
+
+def _open_source(spec, *, reconnect, realtime: bool, loop: bool, buffer: int) -> Source:
     from edge_ad.stream.capture import CameraSource, NetworkSource, Reconnect, VideoFileSource
 
     if isinstance(spec, Source):
@@ -284,6 +379,8 @@ def open_source(spec, *, reconnect=None, realtime: bool = False, loop: bool = Fa
         path = Path(text)
         if path.is_dir():
             return FolderSource(path, path.name, buffer=buffer)
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            return ImageFileSource(path, buffer=buffer)
         if path.is_file():
             return VideoFileSource(path, realtime=realtime, loop=loop, buffer=buffer)
         raise FileNotFoundError(f"source not found: {redact(text)} (a camera index, a video file, an image "

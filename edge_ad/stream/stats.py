@@ -24,7 +24,10 @@ class SourceStats:
     state: str = "connecting"          # connecting, connected, reconnecting, ended, failed, stopped
     frames_read: int = 0
     frames_dropped: int = 0            # live sources: overwritten before the model took them
-    frames_corrupt: int = 0            # skipped: could not be decoded or converted
+    frames_corrupt: int = 0            # skipped: could not be decoded or converted (or over the pixel limit)
+    frames_too_large: int = 0          # of those, images over the pixel limit (image bombs)
+    last_skip: str = ""                # why the last skipped frame was skipped
+    failure: str | None = None         # why the source failed (state "failed")
     frames_converted: int = 0          # grayscale / 16-bit / 4-channel frames converted to 8-bit colour
     format_changes: int = 0            # frame size, channels or bit depth differed from the frame before
     reconnects: int = 0
@@ -35,7 +38,8 @@ class SourceStats:
     processed: int = 0
     anomalous: int = 0
     duplicates: int = 0                # frames whose index was not above the last processed one (skipped)
-    inference_errors: int = 0
+    inference_errors: int = 0          # frames whose inference failed (an error, or a non-finite model output)
+    last_inference_error: str = ""
     last_index: int = -1
     started: float = field(default_factory=time.monotonic)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=4096), repr=False)
@@ -67,13 +71,31 @@ class SourceStats:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
 
+    def failure_reason(self) -> str | None:
+        """Why this source produced nothing (None when it did, or is still going): failed, every frame
+        unusable, every inference failed, or it ended without a frame."""
+        if self.state == "failed":
+            return self.failure or (self.errors[-1] if self.errors else "failed")
+        if self.processed > 0:
+            return None
+        if self.inference_errors:
+            return f"inference failed on every frame ({self.inference_errors}): {self.last_inference_error}"
+        if self.state == "ended":
+            if self.frames_corrupt:
+                return f"no usable frame: {self.frames_corrupt} skipped (last: {self.last_skip})"
+            if self.frames_read == 0:
+                return "the source ended without delivering a frame"
+        return None
+
     def summary(self, seconds: float) -> dict:
         """The figures a user reads after a run (FPS over the whole run)."""
         return {"state": self.state, "frames": self.processed, "anomalous": self.anomalous,
                 "fps": round(self.processed / seconds, 2) if seconds > 0 else 0.0,
                 "latency_ms_p50": round(self.percentile(50), 2), "latency_ms_p99": round(self.percentile(99), 2),
                 "read": self.frames_read, "dropped": self.frames_dropped, "corrupt": self.frames_corrupt,
+                "too_large": self.frames_too_large,
                 "converted": self.frames_converted, "format_changes": self.format_changes,
                 "reconnects": self.reconnects, "gap_seconds": round(self.gap_seconds, 3),
                 "gaps": list(self.gaps)[-10:], "duplicates": self.duplicates,
-                "inference_errors": self.inference_errors, "errors": list(self.errors)[-5:]}
+                "inference_errors": self.inference_errors, "errors": list(self.errors)[-5:],
+                "reason": self.failure_reason()}
