@@ -40,7 +40,8 @@ def run_model(name: str, folders: list[Path], work: Path) -> dict:
     extra: dict = {}
     for group in groups:
         run = work / name / ("unified" if len(group) > 1 else group[0].name)
-        result = train(TrainConfig(data=[str(f) for f in group], out=str(run), model=name, budget="cpu"))
+        result = train(TrainConfig(data=[str(f) for f in group], out=str(run), model=name, budget="cpu",
+                                   overwrite=True))
         per.update(result.get("categories", {group[0].name: result}))
         if name == "mkd":
             report = evaluate_run(run, modes=["gradient"])

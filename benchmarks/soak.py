@@ -48,7 +48,7 @@ def make_bundle(work: Path, epochs: int) -> Path:
     from export.bundle import export_run
 
     data = make_category(work / "data", "conveyor", counts=Counts(train=40, test_good=15, test_per_defect=6), seed=0)
-    train(TrainConfig(data=str(data), out=str(work / "run"), epochs=epochs, batch_size=8,
+    train(TrainConfig(data=str(data), out=str(work / "run"), overwrite=True, epochs=epochs, batch_size=8,
                       model_kwargs={"image_size": 224, "resize_size": 256}))
     return export_run(work / "run", work / "bundle", overwrite=True).path
 

@@ -457,8 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_export)
     stream = sub.add_parser("stream", help="run a bundle on cameras, videos, URLs or image folders",
                             epilog=f"exit status: 0 when the stream ended (files done, --duration, --max-frames, "
-                                   f"a signal); {EXIT_STREAM_FAILED} when it inspected nothing because every source "
-                                   f"failed or every inference failed (the reason is printed and in the summary's "
+                                   f"a signal); {EXIT_STREAM_FAILED} when every source failed (retry budget spent, or "
+                                   f"no usable frame) or every inference failed (the reason is printed and in the summary's "
                                    f"'failed'); {EXIT_ERROR} for an error before streaming (bad argument, bundle, "
                                    f"unwritable --events/--video)")
     _stream_arguments(stream)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from edge_ad.bundle import Bundle, read_bundle
 from edge_ad.runtime.detector import Detector
-from edge_ad.runtime.result import Result
+from edge_ad.runtime.result import InferenceError, Result
 
-__all__ = ["Detector", "Result", "load", "BACKENDS"]
+__all__ = ["Detector", "InferenceError", "Result", "load", "BACKENDS"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu",
             "torch-cuda", "triton")
