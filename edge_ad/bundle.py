@@ -1,31 +1,69 @@
 """The on-disk bundle: a directory with meta.json, model.onnx (+ engines/, checkpoint.pt).
 
-Writing goes into a temporary sibling directory that is renamed into place only when complete, so
-an interrupted export never leaves half a bundle. Reading checks the format version and the sha256
-of every listed file, and refuses files that would leave the bundle directory or exceed a size
-limit; every refusal names the file and says what to do. No pickle is read here: meta.json is JSON
-and model files are handed to the runtimes as bytes/paths. Never imports torch.
+Layout written by `write_bundle` (every export, first or `--overwrite`):
+
+    BUNDLE/.versions/v3/          the complete files of the newest export (meta.json, model.onnx, ...)
+    BUNDLE/.versions/v2/          the one before (and any replaced in the last minute): a reader that
+                                  opened it mid-overwrite finishes
+    BUNDLE/.current -> .versions/v3
+    BUNDLE/meta.json -> .current/meta.json, BUNDLE/model.onnx -> .current/model.onnx, ...
+    BUNDLE/.lock                  one export at a time (a second one gets a clear error at once)
+
+An export fills a temporary sibling (`.BUNDLE.XXXXXXXX.partial`, locked while its exporter lives, so the
+next export removes only abandoned ones), renames it to the next version and swaps `.current` with one
+`os.replace` of a symlink: readers see the old bundle or the new one, never a mix or none, and a kill
+at any moment leaves the last complete bundle. The links are relative, so `cp -a`, `rsync -a` and
+`tar` copy a bundle whole, and a copy that follows links (`cp -rL`, `shutil.copytree`) still reads.
+Plain directories (bundles of earlier versions, copies) read as before and are converted on overwrite.
+
+Reading resolves `meta.json` once (which pins the version), checks its schema before anything else
+(types, ranges, finite calibration, names that become paths, geometry), then the size and sha256 of
+every listed file and that no file the runtime could read is unlisted. Every refusal names the
+bundle, the file or field, and what to do. No pickle is read here. Never imports torch.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, NoReturn
 
 import edge_ad
 
-__all__ = ["BundleError", "Bundle", "FORMAT_VERSION", "add_file", "read_bundle", "write_bundle"]
+__all__ = ["BundleError", "Bundle", "FORMAT_VERSION", "add_file", "check_calibration", "check_name",
+           "read_bundle", "validate_meta", "write_bundle"]
 
 FORMAT_VERSION = 1
 META = "meta.json"
 MAX_FILE_BYTES = 4 << 30          # no model file of ours comes near 4 GiB
 MAX_META_BYTES = 1 << 20
+MAX_SIDE = 16384                  # input, resize and crop sides, pixels
+MAX_OUTPUT_SIDE = 8192            # heat-map output sides: a float32 map of 8192 x 8192 is 256 MiB
+MAX_ELEMENTS = 1 << 24            # one image's raw map, latent or extra graph input
+MAX_BATCH = 4096
+VERSIONS, CURRENT, LOCK, LOCK_FILE = ".versions", ".current", ".meta.lock", ".lock"
+VERSION_GRACE_S = 60.0            # a replaced version stays this long for readers that opened it
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+GRAPH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.onnx")
+ENGINE = re.compile(r"engines/[A-Za-z0-9_][A-Za-z0-9_.+-]{0,240}\.engine")
+_PARTIAL = re.compile(r"\..+\.partial")                   # add_file's temporaries, never read
+_DDIM_PARTS = ("encoder", "denoiser", "decoder", "segmentation")
+_REEXPORT = "re-export the bundle with `edge-ad export RUN --out BUNDLE` (meta.json was edited or damaged)"
+_RECALIBRATE = ("the run's calibration is broken: calibrate it again (retrain, or rerun calibration on good "
+                "images) and re-export")
+_READ_ATTEMPTS = 3
 
 
 class BundleError(ValueError):
@@ -34,84 +72,719 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Bundle:
+    """A bundle as read: `path` as the caller named it, `root` the directory its files come from
+    (the version current when it was read, resolved once, so a later overwrite cannot mix files)."""
+
     path: Path
     meta: dict
+    root: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.root is None:
+            object.__setattr__(self, "root", Path(self.path).resolve())
 
     def file(self, name: str) -> Path:
         """Path of a listed bundle file, checked to stay inside the bundle."""
-        return _inside(self.path, name)
+        return _inside(self.root, name)
 
     @property
     def model_name(self) -> str:
         return self.meta["model"]
 
 
+# ------------------------------------------------------------------------------------------ writing
+
+
 def write_bundle(out: str | Path, meta: dict, fill: Callable[[Path], None], *, overwrite: bool = False) -> Bundle:
-    """Create bundle `out`: `fill(tmp_dir)` writes the files, then checksums and meta.json are added
-    and the directory is renamed into place. An exception anywhere leaves no `out` behind."""
+    """Create bundle `out` (or, with `overwrite`, a new version of it): `fill(tmp_dir)` writes the
+    files, then checksums and meta.json are added, the whole meta is validated, and the version is
+    made current in one atomic step. An exception anywhere leaves `out` as it was."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BundleError(f"{out} already exists; choose another --out or pass overwrite")
+    if not out.name or out.name in (".", ".."):
+        raise BundleError(f"--out {str(out)!r} names no folder; give a bundle folder such as bundles/cat")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    legacy = _preflight(out, overwrite)
+    existed = os.path.lexists(out)                                   # then this is an overwrite
+    with _export_lock(out) if existed else nullcontext():
+        _clean_stale(out)
+        work, held = _make_partial(out)
+        try:
+            content = work / "content"
+            content.mkdir()
+            fill(content)
+            full = _seal(content, meta, out)
+            if existed:
+                root = _commit_version(out, content, legacy)
+            else:
+                root = _commit_new(out, work, content, overwrite)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            os.close(held)
+    return Bundle(out, full, root)
+
+
+def _preflight(out: Path, overwrite: bool) -> set[str] | None:
+    """Refuse an `out` we may not replace; for a plain-directory bundle, the files its meta.json
+    lists (ours to replace), else None."""
+    if not os.path.lexists(out):
+        return None
+    if not overwrite:
+        raise BundleError(f"{out} already exists; choose another --out or pass --overwrite")
+    if not out.is_dir():
+        raise BundleError(f"{out} exists and is not a folder; refusing to replace it: choose another --out")
+    meta = out / META
+    if not os.path.lexists(meta):
+        if any(out.iterdir()):
+            raise BundleError(f"{out} exists and is not a bundle (no {META}); refusing to overwrite a folder "
+                              "edge_ad did not write: choose another --out or empty it")
+        return set()
+    if meta.is_symlink():
+        return None
     try:
-        fill(tmp)
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            rel = path.relative_to(tmp).as_posix()
-            files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-        full = {"format_version": FORMAT_VERSION, "edge_ad_version": edge_ad.__version__, **meta, "files": files}
-        (tmp / META).write_text(json.dumps(full, indent=2) + "\n")
-        _fsync_dir(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        listed = json.loads(meta.read_text()).get("files", {})
+        return {name for name in listed if isinstance(name, str)} if isinstance(listed, dict) else set()
+    except (ValueError, OSError, AttributeError, RecursionError):
+        return set()
+
+
+def _seal(content: Path, meta: dict, out: Path) -> dict:
+    """Checksum every file `fill` wrote, write meta.json, validate it as a reader would, fsync."""
+    files = {}
+    for path in sorted(p for p in content.rglob("*") if p.is_file()):
+        rel = path.relative_to(content).as_posix()
+        files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    full = {"format_version": FORMAT_VERSION, "edge_ad_version": edge_ad.__version__, **meta, "files": files}
+    full = json.loads(json.dumps(full))              # validated as a reader will see it (tuples become lists)
+    validate_meta(full, str(out))
+    full = _strict_json(full)
+    (content / META).write_text(json.dumps(full, indent=2, allow_nan=False) + "\n")
+    _fsync_tree(content)
+    return full
+
+
+def _commit_new(out: Path, work: Path, content: Path, overwrite: bool) -> Path:
+    """First export: build the whole layout inside the temporary folder (its lock file becomes the
+    bundle's) and rename it to `out`. When another export created `out` meanwhile, this one becomes
+    its next version (`overwrite`) or is refused."""
+    (work / VERSIONS).mkdir()
+    first = work / VERSIONS / "v1"
+    os.rename(content, first)
+    names = _top_names(first)
+    os.symlink(f"{VERSIONS}/v1", work / CURRENT)
+    for name in names:
+        os.symlink(f"{CURRENT}/{name}", work / name)
+    _fsync_dir(work)
+    try:
+        if os.path.lexists(out):
+            raise FileExistsError(errno.EEXIST, "exists", str(out))
+        os.rename(work, out)
+    except OSError as err:
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        if not overwrite:
+            raise BundleError(f"{out} was created by another export while this one ran; choose another --out or "
+                              "pass --overwrite") from None
+        with _export_lock(out, wait_s=30.0):              # the winner is finishing: let it
+            return _commit_version(out, first, _preflight(out, True))
+    _fsync_dir(out.parent)
+    return (out / VERSIONS / "v1").resolve()
+
+
+def _commit_version(out: Path, content: Path, legacy: set[str] | None) -> Path:
+    """Overwrite: the content becomes the next version, `.current` is swapped to it (the commit),
+    then the top-level links follow and versions older than the previous one are removed."""
+    names = _top_names(content)
+    _refuse_foreign_collisions(out, names, legacy)
+    versions = out / VERSIONS
+    versions.mkdir(exist_ok=True)
+    previous = os.readlink(out / CURRENT) if (out / CURRENT).is_symlink() else None
+    number = 1 + max([int(p.name[1:]) for p in versions.iterdir() if re.fullmatch(r"v\d{1,9}", p.name)] or [0])
+    version = versions / f"v{number}"
+    os.rename(content, version)
+    _fsync_dir(versions)
+    _swap_link(out / CURRENT, f"{VERSIONS}/{version.name}")          # the commit for versioned readers
+    _swap_link(out / META, f"{CURRENT}/{META}")                      # the commit for plain-directory readers
+    for name in names:
+        _link_top(out, name, legacy)
+    _drop_old_top(out, names, legacy)
+    _prune(versions, keep={version.name, Path(previous).name if previous else ""})
+    _fsync_dir(out)
+    return version.resolve()
+
+
+def _prune(versions: Path, keep: set[str]) -> None:
+    """Remove the versions other than `keep` (the current and the previous one) that were replaced
+    more than VERSION_GRACE_S ago (younger ones a reader may still be loading), and temporaries."""
+    numbered = sorted((int(p.name[1:]), p) for p in versions.iterdir() if re.fullmatch(r"v\d{1,9}", p.name))
+    now = time.time()
+    for (_, entry), (_, successor) in zip(numbered, numbered[1:]):
+        replaced_at = successor.stat().st_mtime
+        if entry.name not in keep and now - replaced_at > VERSION_GRACE_S:
+            _remove(entry)
+    for entry in versions.iterdir():
+        if _PARTIAL.fullmatch(entry.name):
+            _remove(entry)
+
+
+def _top_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in (VERSIONS, CURRENT, LOCK_FILE))
+
+
+def _refuse_foreign_collisions(out: Path, names: list[str], legacy: set[str] | None) -> None:
+    """A plain folder in the way of a new link may hold only files the old meta.json listed."""
+    for name in names:
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            foreign = [p for p in entry.rglob("*") if p.is_file() and not _ours(p.relative_to(out).as_posix(), legacy)]
+            if foreign:
+                raise BundleError(f"{entry} holds files the bundle does not list ({foreign[0].name}, ...); refusing "
+                                  "to replace them: move them away and export again")
+
+
+def _ours(rel: str, legacy: set[str] | None) -> bool:
+    return rel in (legacy or set()) or rel.split("/")[-1] == LOCK or bool(_PARTIAL.fullmatch(rel.split("/")[-1]))
+
+
+def _link_top(out: Path, name: str, legacy: set[str] | None) -> None:
+    """`out/name` -> `.current/name` (replacing an old plain file or folder of the bundle)."""
+    entry, target = out / name, f"{CURRENT}/{name}"
+    if entry.is_symlink() and os.readlink(entry) == target:
+        return
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)                         # checked by _refuse_foreign_collisions: listed files only
+    _swap_link(entry, target)
+
+
+def _drop_old_top(out: Path, names: list[str], legacy: set[str] | None) -> None:
+    """Remove top-level entries of an older version that the new one lacks: our links, and the
+    files a plain-directory bundle listed. Anything else is left alone."""
+    for entry in list(out.iterdir()):
+        name = entry.name
+        if name in names or name in (VERSIONS, CURRENT, LOCK_FILE):
+            continue
+        if entry.is_symlink() and (os.readlink(entry).startswith(f"{CURRENT}/") or _PARTIAL.fullmatch(name)):
+            entry.unlink()
+        elif entry.is_file() and _ours(name, legacy) and legacy is not None:
+            entry.unlink()
+        elif entry.is_dir() and legacy and all(_ours(p.relative_to(out).as_posix(), legacy)
+                                               for p in entry.rglob("*") if p.is_file()):
+            shutil.rmtree(entry)
+
+
+def _swap_link(link: Path, target: str) -> None:
+    """Point `link` at `target` atomically (a new symlink renamed over the old entry)."""
+    tmp = link.with_name(f".{link.name}.{os.urandom(4).hex()}.link.partial")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return Bundle(out, full)
+
+
+@contextmanager
+def _export_lock(out: Path, wait_s: float = 0.0) -> Iterator[None]:
+    """One export of an existing bundle at a time: its lock file `out/.lock`, released by the OS if
+    the exporter dies; a second exporter gets a clear error (at once, or after `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while (fd := _lock(out / LOCK_FILE)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if fd is None:
+        raise BundleError(f"another export is writing {out} right now; wait for it to finish, or choose another --out")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive flock on `path` (created if missing): its descriptor, or None when another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove what killed exports of `out` left: its temporaries (our naming only) whose lock no live
+    exporter holds, and the `.out.old` of the earlier two-step overwrite once `out` is a bundle again."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.partial")
+    for entry in out.parent.iterdir():
+        if pattern.fullmatch(entry.name) and _abandoned(entry):
+            _remove(entry)
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not old.is_symlink() and (out / META).is_file() and (old / META).is_file():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _abandoned(work: Path) -> bool:
+    """A temporary whose exporter is gone: its lock is free, or it never got one and is a minute old."""
+    if not work.is_dir() or work.is_symlink():
+        return True
+    if not os.path.lexists(work / LOCK_FILE):
+        return time.time() - work.stat().st_mtime > 60.0
+    fd = _lock(work / LOCK_FILE)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def _make_partial(out: Path) -> tuple[Path, int]:
+    """A temporary sibling of `out` with the permissions the umask gives (mkdtemp makes 0700), and
+    the descriptor of the lock this exporter holds on it (it marks the temporary as alive)."""
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    fd = _lock(work / LOCK_FILE)
+    os.chmod(work, 0o777 & ~current_umask())
+    return work, fd
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ reading
 
 
 def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Open and validate a bundle directory."""
+    """Open and validate a bundle directory. When an overwrite swaps the bundle while it is being
+    read, the new one is read again (a few times at most); a real defect is reported at once."""
     path = Path(path)
-    meta_path = path / META
+    for attempt in range(_READ_ATTEMPTS):
+        root, stamp = _locate(path)
+        try:
+            return _read(path, root, verify)
+        except (BundleError, OSError):
+            if attempt + 1 == _READ_ATTEMPTS or _changed(path, root, stamp) is False:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _locate(path: Path) -> tuple[Path, tuple[int, int]]:
+    """The directory the bundle's files are read from (where meta.json really is), and meta.json's
+    identity, to notice a swap. A meta.json that resolves outside the bundle is refused."""
     if not path.is_dir():
         raise BundleError(f"bundle not found: {path} (export one with `edge-ad export RUN --out BUNDLE`)")
-    if not meta_path.is_file():
+    meta = path / META
+    if not os.path.lexists(meta):
         raise BundleError(f"{path} is not a bundle: {META} is missing (was the export interrupted?)")
-    if meta_path.stat().st_size > MAX_META_BYTES:
-        raise BundleError(f"{meta_path} is over {MAX_META_BYTES} bytes; not a bundle of ours")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{meta_path} is not valid JSON ({err}); re-export the bundle") from err
+        real, base = meta.resolve(strict=True), path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise BundleError(f"{meta} is a dangling or looping link; copy the whole bundle directory again (cp -a) "
+                          "or re-export it") from None
+    if base not in real.parents:
+        raise BundleError(f"{meta} is a link to {real}, outside the bundle directory; refusing it: copy the "
+                          "bundle with its files (cp -a) or re-export it")
+    if not real.is_file():
+        raise BundleError(f"{meta} is not a regular file (a dangling link?); copy the whole bundle directory "
+                          "again (cp -a) or re-export it")
+    info = real.stat()
+    return real.parent, (info.st_ino, info.st_mtime_ns)
+
+
+def _changed(path: Path, root: Path, stamp: tuple[int, int]) -> bool | None:
+    """Whether meta.json now resolves elsewhere than (root, stamp): None when it cannot be told."""
+    try:
+        return _locate(path) != (root, stamp)
+    except (BundleError, OSError):
+        return None
+
+
+def _read(path: Path, root: Path, verify: bool) -> Bundle:
+    meta_path = root / META
+    where = str(path)
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise BundleError(f"{path / META} is over {MAX_META_BYTES} bytes; not a bundle of ours")
+    meta = _parse_meta(meta_path, path)
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         made_by = meta.get("edge_ad_version", "an unknown version")
-        raise BundleError(f"{path} has bundle format {version} (made by edge_ad {made_by}); this edge_ad "
-                          f"{edge_ad.__version__} reads format {FORMAT_VERSION}: re-export it with this version")
-    bundle = Bundle(path, meta)
-    for name, info in meta.get("files", {}).items():
-        file = bundle.file(name)
-        if not file.is_file():
-            raise BundleError(f"{file} is listed in {META} but missing; copy the whole bundle directory")
-        size = file.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise BundleError(f"{file} has {size} bytes, over the {MAX_FILE_BYTES}-byte limit of a bundle file; "
-                              "refusing it (no model file of edge_ad comes near it)")
-        if size != info.get("bytes", size):
-            raise BundleError(f"{file} has {size} bytes, {META} says {info.get('bytes')}; the copy is "
-                              "incomplete or the file was replaced")
-        if verify and _sha256(file) != info.get("sha256"):
-            raise BundleError(f"checksum mismatch for {file}: the file is corrupt or was modified; "
-                              "copy the bundle again or re-export it")
+        raise BundleError(f"{path} has bundle format {version!r} (made by edge_ad {str(made_by)[:40]!r}); this "
+                          f"edge_ad {edge_ad.__version__} reads format {FORMAT_VERSION}: re-export it with this version")
+    validate_meta(meta, where)
+    bundle = Bundle(path, meta, root)
+    for name, info in meta["files"].items():
+        _check_file(bundle, name, info, verify)
+    _refuse_unlisted(bundle)
     return bundle
+
+
+def _parse_meta(meta_path: Path, path: Path) -> dict:
+    """meta.json as a JSON object; invalid UTF-8, huge numbers and absurd nesting are refused. NaN and
+    Infinity (older bundles wrote them in `metrics`) parse, and the schema refuses them where they matter."""
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise BundleError(f"{path / META} is not valid JSON ({str(err)[:200]}); {_REEXPORT}") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path / META} is not a JSON object; {_REEXPORT}")
+    return meta
+
+
+def _check_file(bundle: Bundle, name: str, info: dict, verify: bool) -> None:
+    file = bundle.file(name)
+    if not file.is_file():
+        raise BundleError(f"{file} is listed in {META} but missing; copy the whole bundle directory")
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise BundleError(f"{file} has {size} bytes, over the {MAX_FILE_BYTES}-byte limit of a bundle file; "
+                          "refusing it (no model file of edge_ad comes near it)")
+    if size != info["bytes"]:
+        raise BundleError(f"{file} has {size} bytes, {META} says {info['bytes']}; the copy is "
+                          "incomplete or the file was replaced")
+    if verify and _sha256(file) != info["sha256"]:
+        raise BundleError(f"checksum mismatch for {file}: the file is corrupt or was modified; "
+                          "copy the bundle again or re-export it")
+
+
+_READ_BY_NAME = ("model.onnx", "checkpoint.pt", "parity.json")     # opened by name when present
+
+
+def _refuse_unlisted(bundle: Bundle) -> None:
+    """Files a runtime or the exporter would read must be listed (and so size- and checksum-checked):
+    the fixed names they open when present, and the external data files each ONNX graph names."""
+    listed = bundle.meta["files"]
+    for name in _READ_BY_NAME:
+        if name not in listed and os.path.lexists(bundle.root / name):
+            _unlisted(bundle, name, "edge_ad opens it by name")
+    for graph in [n for n in listed if n.endswith(".onnx")]:
+        for location in _external_data(bundle.file(graph)):
+            if not _relative(location):
+                raise BundleError(f"{bundle.path}: {graph} reads external data from {location!r}, outside the bundle "
+                                  "directory; refusing it: re-export the bundle")
+            rel = (Path(graph).parent / location).as_posix()
+            if rel not in listed:
+                _unlisted(bundle, rel, f"{graph} reads it as external data")
+
+
+def _unlisted(bundle: Bundle, name: str, why: str) -> NoReturn:
+    raise BundleError(f"{bundle.path}: {name} is not listed in {META}'s files, so no checksum covers it, yet {why}; "
+                      "re-export the bundle (or remove the file if it does not belong)")
+
+
+def _external_data(graph: Path) -> set[str]:
+    """The external data locations an ONNX file names. A graph whose bytes do not contain the key
+    `location` names none (read at memchr speed); the others are parsed without their data."""
+    import mmap
+
+    with open(graph, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return set()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(b"location") < 0:
+                return set()
+    import onnx
+
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
+        raise BundleError(f"{graph} is not a readable ONNX file ({str(err)[:200]}); copy the bundle again or "
+                          "re-export it") from None
+    return {entry.value for tensor in _tensors(model.graph) for entry in tensor.external_data if entry.key == "location"}
+
+
+def _tensors(graph) -> Iterator:
+    """Every tensor of an ONNX graph and its subgraphs: initializers, sparse ones, attributes."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for sub in attribute.graphs:
+                yield from _tensors(sub)
+
+
+# --------------------------------------------------------------------------------------- the schema
+
+
+class _Schema:
+    """Field checks that raise a BundleError naming the bundle, the field and the fix."""
+
+    def __init__(self, where: str, doc: str = META) -> None:
+        self.where, self.doc = where, doc
+
+    def fail(self, field_name: str, problem: str, fix: str = _REEXPORT) -> NoReturn:
+        raise BundleError(f"{self.where}: {self.doc} field {field_name} {problem}; {fix}")
+
+    def obj(self, value: Any, name: str, *, optional: bool = False) -> dict:
+        if value is None and optional:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(name, f"must be a JSON object, got {_show(value)}")
+        return value
+
+    def integer(self, value: Any, name: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.fail(name, f"must be an integer in {lo}..{hi}, got {_show(value)}")
+        return value
+
+    def number(self, value: Any, name: str, lo: float = -math.inf, hi: float = math.inf,
+               fix: str = _REEXPORT) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(name, f"must be a number, got {_show(value)}", fix)
+        if not math.isfinite(value):
+            self.fail(name, f"is {value} (not a finite number)", fix)
+        if not lo <= value <= hi:
+            self.fail(name, f"must be in {lo}..{hi}, got {value}", fix)
+        return float(value)
+
+    def choice(self, value: Any, name: str, options: tuple) -> Any:
+        if value not in options or isinstance(value, bool) != any(isinstance(o, bool) for o in options):
+            self.fail(name, f"must be one of {', '.join(map(repr, options))}, got {_show(value)}")
+        return value
+
+    def text(self, value: Any, name: str, pattern: re.Pattern, what: str) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
+            self.fail(name, f"must be {what}, got {_show(value)}")
+        return value
+
+    def sides(self, value: Any, name: str, hi: int) -> tuple[int, int]:
+        if not isinstance(value, list) or len(value) != 2:
+            self.fail(name, f"must be [height, width], got {_show(value)}")
+        return self.integer(value[0], f"{name}[0]", 1, hi), self.integer(value[1], f"{name}[1]", 1, hi)
+
+    def shape(self, value: Any, name: str, *, batch: bool) -> list[int]:
+        """A list of positive sides (after a leading "batch" when `batch`) of at most MAX_ELEMENTS."""
+        if not isinstance(value, list) or not 1 + batch <= len(value) <= 6:
+            self.fail(name, f"must be a list of 1 to 5 sides, got {_show(value)}")
+        if batch and value[0] != "batch":
+            self.fail(f"{name}[0]", f"must be \"batch\", got {_show(value[0])}")
+        sides = [self.integer(v, f"{name}[{i}]", 1, 1 << 20) for i, v in enumerate(value) if i >= batch]
+        if math.prod(sides) > MAX_ELEMENTS:
+            self.fail(name, f"has {math.prod(sides)} elements per image, over the limit of {MAX_ELEMENTS}")
+        return sides
+
+
+_IDENT = "a plain name (letters, digits, '_', '.', '-'; at most 64 characters)"
+
+
+def check_name(value: Any, field_name: str, where: str) -> str:
+    """A name from meta.json that becomes a file or folder name, a tensor name or a Triton model
+    name: a plain identifier (not '.', '..', no '/', quotes or newlines), else a BundleError."""
+    return _Schema(where).text(value, field_name, NAME, _IDENT)
+
+
+def check_calibration(calibration: Any, where: str, doc: str = META) -> None:
+    """Finite thresholds and norms with lo < hi: a NaN threshold would flag nothing, a lo == hi
+    norm divides by zero. Used at export (`doc` "run.json") and at load."""
+    s = _Schema(where, doc)
+    cal = s.obj(calibration, "calibration")
+    for key in ("image_threshold", "pixel_threshold"):
+        s.number(cal.get(key), f"calibration.{key}", fix=_RECALIBRATE)
+    for key in ("image_norm", "pixel_norm"):
+        pair = cal.get(key)
+        if not isinstance(pair, list) or len(pair) != 2:
+            s.fail(f"calibration.{key}", f"must be [lo, hi], got {_show(pair)}", _RECALIBRATE)
+        lo = s.number(pair[0], f"calibration.{key}[0]", fix=_RECALIBRATE)
+        hi = s.number(pair[1], f"calibration.{key}[1]", fix=_RECALIBRATE)
+        if not lo < hi:
+            s.fail(f"calibration.{key}", f"must have lo < hi, got [{lo}, {hi}]", _RECALIBRATE)
+    if "normal_images" in cal:
+        s.integer(cal["normal_images"], "calibration.normal_images", 0, 1 << 40)
+
+
+def validate_meta(meta: Any, where: str) -> None:
+    """The schema of meta.json, checked before any file is touched: every field a runtime uses has
+    the right type, a sane range and finite values, names that become paths are plain, the geometry
+    agrees with the input, and every file a runtime would read is listed with a checksum."""
+    s = _Schema(where)
+    meta = s.obj(meta, "(the whole file)")
+    check_name(meta.get("model"), "model", where)
+    s.obj(meta.get("config", {}), "config")
+    if not isinstance(meta.get("edge_ad_version", ""), str):
+        s.fail("edge_ad_version", f"must be a string, got {_show(meta.get('edge_ad_version'))}")
+    _check_input_and_geometry(s, meta)
+    _check_outputs(s, meta.get("outputs"))
+    _check_heatmap(s, s.obj(meta.get("heatmap"), "heatmap"))
+    check_calibration(meta.get("calibration"), where)
+    files = _check_files(s, meta.get("files"))
+    _check_graphs(s, meta, files)
+    _check_engines(s, meta, files)
+    _check_graph_inputs(s, s.obj(meta.get("graph_inputs"), "graph_inputs", optional=True))
+
+
+def _check_input_and_geometry(s: _Schema, meta: dict) -> None:
+    inp = s.obj(meta.get("input"), "input")
+    check_name(inp.get("name"), "input.name", s.where)
+    s.choice(inp.get("dtype"), "input.dtype", ("uint8",))
+    s.choice(inp.get("layout"), "input.layout", ("NHWC",))
+    s.choice(inp.get("color"), "input.color", ("RGB",))
+    height = s.integer(inp.get("height"), "input.height", 1, MAX_SIDE)
+    width = s.integer(inp.get("width"), "input.width", 1, MAX_SIDE)
+    geometry = s.obj(meta.get("geometry"), "geometry")
+    resize = s.sides(geometry.get("resize"), "geometry.resize", MAX_SIDE)
+    crop = s.sides(geometry.get("crop"), "geometry.crop", MAX_SIDE)
+    if crop[0] > resize[0] or crop[1] > resize[1]:
+        s.fail("geometry.crop", f"{list(crop)} must fit inside geometry.resize {list(resize)}")
+    if crop != (height, width):
+        s.fail("geometry.crop", f"{list(crop)} differs from the graph's input {height}x{width} (input.height, "
+               "input.width)")
+
+
+def _check_outputs(s: _Schema, outputs: Any) -> None:
+    if not isinstance(outputs, list) or not 1 <= len(outputs) <= 16:
+        s.fail("outputs", f"must be a list of 1 to 16 outputs, got {_show(outputs)}")
+    for i, out in enumerate(outputs):
+        out = s.obj(out, f"outputs[{i}]")
+        check_name(out.get("name"), f"outputs[{i}].name", s.where)
+        s.choice(out.get("dtype"), f"outputs[{i}].dtype", ("float32", "float16"))
+        s.shape(out.get("shape"), f"outputs[{i}].shape", batch=True)
+
+
+def _check_heatmap(s: _Schema, spec: dict) -> None:
+    for key in ("output_size", "smooth", "sigma", "window", "align_corners", "score_from"):
+        if key not in spec:
+            s.fail(f"heatmap.{key}", "is missing")
+    s.sides(spec.get("output_size"), "heatmap.output_size", MAX_OUTPUT_SIDE)
+    smooth = s.choice(spec.get("smooth"), "heatmap.smooth", ("gaussian", "box", "none"))
+    s.number(spec.get("sigma"), "heatmap.sigma", 0.0, 256.0)
+    if spec.get("window") is not None or smooth == "box":
+        s.integer(spec.get("window"), "heatmap.window", 1, 1024)
+    s.choice(spec.get("align_corners"), "heatmap.align_corners", (False, True))
+    s.choice(spec.get("score_from"), "heatmap.score_from", ("smoothed", "raw"))
+
+
+def _check_files(s: _Schema, files: Any) -> dict:
+    if not isinstance(files, dict) or not files:
+        s.fail("files", "is missing or empty: no checksum covers the model files (a bundle from a damaged or "
+               "hand-made export)")
+    for name, info in files.items():
+        if not _relative(name):
+            raise BundleError(f"{s.where}: bundle file name {name!r} points outside the bundle directory (meta.json "
+                              f"field files); refusing it: {_REEXPORT}")
+        info = s.obj(info, f"files[{name!r}]")
+        s.text(info.get("sha256"), f"files[{name!r}].sha256", re.compile(r"[0-9a-f]{64}"), "a sha256 hex digest")
+        s.integer(info.get("bytes"), f"files[{name!r}].bytes", 0, 1 << 62)
+    return files
+
+
+def _relative(name: str) -> bool:
+    """A relative POSIX path with no '..', empty or '.' parts, backslashes or control characters."""
+    parts = name.split("/")
+    return (bool(name) and not name.startswith("/") and "\\" not in name and name.isprintable()
+            and all(p not in ("", ".", "..") for p in parts))
+
+
+def _check_graphs(s: _Schema, meta: dict, files: dict) -> None:
+    """The graphs a runtime opens (model.onnx or the pipeline's, and their FP16 twins) are plain
+    file names and listed."""
+    pipeline = s.obj(meta.get("pipeline"), "pipeline", optional=True)
+    kind = pipeline.get("kind", "single") if pipeline else "single"
+    if not isinstance(kind, str) or not NAME.fullmatch(kind):
+        s.fail("pipeline.kind", f"must be a plain name, got {_show(kind)}")
+    if kind == "single" and "model.onnx" not in files:
+        s.fail("files", "does not list model.onnx, the graph a runtime opens, so no checksum covers it")
+    elif kind == "latent_ddim":
+        _check_ddim(s, pipeline, files)
+    fp16 = s.obj(meta.get("fp16"), "fp16", optional=True)
+    for graph, half in fp16.items():
+        s.text(graph, "fp16 (a key)", GRAPH, "an .onnx file name")
+        s.text(half, f"fp16[{graph!r}]", GRAPH, "an .onnx file name")
+        _listed(s, graph, "fp16 (a key)", files)
+        _listed(s, half, f"fp16[{graph!r}]", files)
+
+
+def _check_ddim(s: _Schema, p: dict, files: dict) -> None:
+    graphs = s.obj(p.get("graphs"), "pipeline.graphs")
+    for part in _DDIM_PARTS:
+        name = s.text(graphs.get(part), f"pipeline.graphs.{part}", GRAPH, "an .onnx file name")
+        _listed(s, name, f"pipeline.graphs.{part}", files)
+    timesteps = s.integer(p.get("timesteps"), "pipeline.timesteps", 1, 100_000)
+    s.integer(p.get("steps"), "pipeline.steps", 1, timesteps)
+    for key in ("beta_start", "beta_end"):
+        s.number(p.get(key), f"pipeline.{key}", 1e-9, 1.0)
+    s.shape(p.get("latent_shape"), "pipeline.latent_shape", batch=False)
+    s.integer(p.get("seed"), "pipeline.seed", 0, 2**63 - 1)
+    if p.get("clamp") is not None:
+        s.number(p.get("clamp"), "pipeline.clamp", 1e-6, 1e6)
+
+
+def _check_engines(s: _Schema, meta: dict, files: dict) -> None:
+    """TensorRT engines: names under engines/, listed; what they were built for, in plain values
+    (these become Triton plan names and config keys)."""
+    for name, info in s.obj(meta.get("engines"), "engines", optional=True).items():
+        where = f"engines[{name!r}]"
+        s.text(name, "engines (a key)", ENGINE, "engines/<plain name>.engine")
+        _listed(s, name, "engines", files)
+        info = s.obj(info, where)
+        device = s.obj(info.get("device"), f"{where}.device")
+        if not isinstance(device.get("gpu"), str) or not 0 < len(device["gpu"]) <= 200 or \
+                not device["gpu"].isprintable():
+            s.fail(f"{where}.device.gpu", f"must be a GPU name, got {_show(device.get('gpu'))}")
+        s.text(device.get("compute_capability"), f"{where}.device.compute_capability",
+               re.compile(r"\d{1,2}\.\d{1,2}"), "MAJOR.MINOR such as 8.7")
+        s.text(device.get("tensorrt"), f"{where}.device.tensorrt", re.compile(r"\d{1,3}(\.\d{1,6}){0,3}([.+-][A-Za-z0-9]{1,20}){0,3}"),
+               "a TensorRT version such as 10.3.0")
+        check_name(device.get("platform"), f"{where}.device.platform", s.where)
+        _listed(s, s.text(info.get("graph"), f"{where}.graph", GRAPH, "an .onnx file name"), f"{where}.graph", files)
+        s.choice(info.get("precision"), f"{where}.precision", ("fp16", "fp32"))
+        low = s.integer(info.get("min_batch"), f"{where}.min_batch", 1, MAX_BATCH)
+        s.integer(info.get("max_batch"), f"{where}.max_batch", low, MAX_BATCH)
+
+
+def _check_graph_inputs(s: _Schema, graph_inputs: dict) -> None:
+    for name, spec in graph_inputs.items():
+        check_name(name, "graph_inputs (a key)", s.where)
+        spec = s.obj(spec, f"graph_inputs[{name!r}]")
+        s.shape(spec.get("shape"), f"graph_inputs[{name!r}].shape", batch=False)
+        for key in ("dtype", "distribution"):
+            if not isinstance(spec.get(key, ""), str):
+                s.fail(f"graph_inputs[{name!r}].{key}", f"must be a string, got {_show(spec.get(key))}")
+        s.integer(spec.get("seed"), f"graph_inputs[{name!r}].seed", 0, 2**63 - 1)
+
+
+def _listed(s: _Schema, name: str, field_name: str, files: dict) -> None:
+    if name not in files:
+        s.fail(field_name, f"names {name!r}, which files does not list, so no checksum covers it")
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with non-finite floats (a NaN metric of a run without defects) as null: meta.json stays
+    strict JSON. Fields a runtime uses were validated finite before."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ------------------------------------------------------------------------------------ adding files
 
 
 def add_file(bundle: Bundle, name: str, data: bytes, meta_update: Callable[[dict], None]) -> Bundle:
@@ -119,25 +792,43 @@ def add_file(bundle: Bundle, name: str, data: bytes, meta_update: Callable[[dict
 
     The file goes to a temporary name and is renamed into place, then meta.json is rewritten the
     same way with the file's checksum and `meta_update(meta)`'s changes, under a lock, so concurrent
-    builders and a kill at any moment leave a readable bundle. Raises OSError when the bundle is
-    read-only (the caller then keeps the file elsewhere)."""
-    import fcntl
-
+    builders and a kill at any moment leave a readable bundle. It goes into the version that was
+    read (`bundle.root`). Raises OSError when the bundle is read-only (the caller then keeps the
+    file elsewhere)."""
+    root = bundle.root
     target = bundle.file(name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(bundle.path / ".meta.lock", "w") as lock:
+    with open(root / LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in target.parent.glob(f".{target.name}.*.partial"):      # a killed builder's; we hold the lock
+            stale.unlink(missing_ok=True)
         _atomic_write(target, data)
-        meta = json.loads((bundle.path / META).read_text())
+        meta = json.loads((root / META).read_text())
         meta.setdefault("files", {})[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         meta_update(meta)
-        _atomic_write(bundle.path / META, (json.dumps(meta, indent=2) + "\n").encode())
-    return Bundle(bundle.path, meta)
+        meta = json.loads(json.dumps(meta))
+        validate_meta(meta, str(bundle.path))
+        meta = _strict_json(meta)
+        _atomic_write(root / META, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
+    _link_new_top(bundle, name)
+    return Bundle(bundle.path, meta, root)
+
+
+def _link_new_top(bundle: Bundle, name: str) -> None:
+    """In a versioned bundle whose current version got a new top-level entry (engines/), link it."""
+    path, top = Path(bundle.path), name.split("/")[0]
+    current = path / CURRENT
+    if current.is_symlink() and current.resolve() == bundle.root and not os.path.lexists(path / top):
+        try:
+            _swap_link(path / top, f"{CURRENT}/{top}")
+        except OSError:
+            pass                                      # the link is a convenience; readers go through meta.json
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -149,8 +840,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _inside(root: Path, name: str) -> Path:
-    target = (root / name).resolve()
-    if root.resolve() not in target.parents:
+    base = Path(root).resolve()
+    target = (base / name).resolve()
+    if base not in target.parents:
         raise BundleError(f"bundle file name {name!r} points outside the bundle directory; refusing it")
     return target
 
@@ -163,8 +855,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_tree(path: Path) -> None:
     for file in path.rglob("*"):
         if file.is_file():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (renames, links) durable; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

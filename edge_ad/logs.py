@@ -31,9 +31,11 @@ _BEARER = re.compile(r"\b(Bearer)(\s+)[A-Za-z0-9._~+/=\-]{6,}")
 # A name is secret when it contains one of these (any case, any prefix or suffix: access_token,
 # X-Amz-Signature, AWSAccessKeyId, user-pw, PHPSESSID, ...) ...
 _SECRET_WORDS = ("token", "secret", "pass", "pwd", "auth", "signature", "credential", "cookie", "session", "sessid",
-                 "key", "jwt", "bearer", "private", "user", "login", "proxy-id")
-# ... or has one of these as a whole part (parts split at non-letters): sig=, user-pw=, sid=, otp=.
+                 "key", "jwt", "bearer", "private")
+# ... or has one of these as a whole part (parts split at non-letters): sig=, user-pw=, sid=, otp=, ...
 _SECRET_PARTS = ("sig", "pw", "sid", "otp", "pin")
+# ... or is a pipeline property that names the account (GStreamer rtspsrc, souphttpsrc).
+_SECRET_PROPERTIES = ("user-id", "proxy-id")
 _AUTH_SCHEMES = ("bearer", "basic", "digest", "negotiate", "ntlm", "token", "aws4-hmac-sha256")
 _BARE_VALUE = re.compile(r"[^\s&\"'\\]*")
 _FIELD_VALUE = re.compile(r"[^\s&\"'\\,}\]]*")                 # after a quoted key: a JSON or dict field
@@ -45,7 +47,8 @@ def redact(text: str) -> str:
     """`text` with secrets replaced by `***`, by structure rather than by example: all URL userinfo
     (up to the last '@'), and the value of every parameter, property, header, JSON/dict field or
     command-line flag whose name looks like a credential (token, key, secret, pass, pwd, auth, sig,
-    signature, credential, session, cookie, user, ... in any case, with any prefix or suffix)."""
+    signature, credential, session, cookie, ... in any case, with any prefix or suffix), and the
+    account properties of GStreamer sources (user-id, proxy-id)."""
     text = text if isinstance(text, str) else str(text)
     text = _redact_pairs(text, _SECRET_PARAMS)        # first: a value holding '@' must not look like userinfo
     text = _redact_pairs(text, _SECRET_FLAGS)
@@ -57,7 +60,7 @@ def redact(text: str) -> str:
 def _secret_name(name: str) -> bool:
     """Whether a parameter name looks like a credential's."""
     lower = name.lower()
-    if any(word in lower for word in _SECRET_WORDS):
+    if lower in _SECRET_PROPERTIES or any(word in lower for word in _SECRET_WORDS):
         return True
     parts = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
     return any(part in _SECRET_PARTS for part in parts)

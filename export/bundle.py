@@ -13,7 +13,7 @@ import onnxruntime
 import torch
 
 import edge_ad
-from edge_ad.bundle import Bundle, write_bundle
+from edge_ad.bundle import Bundle, check_calibration, check_name, write_bundle
 from edge_ad.data import MVTecDataset
 from edge_ad.models import create_model
 from edge_ad.runtime.preprocess import Geometry, prepare
@@ -32,6 +32,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     """Fold, export, check parity against the unfolded PyTorch model, and write the bundle atomically."""
     run_dir = Path(run_dir)
     info, model = load_run(run_dir)
+    check_calibration(info.get("calibration"), str(run_dir), "run.json")
     geometry = Geometry.from_dict(info["geometry"])
     return export_model(model, out, name=info["model"], geometry=geometry, calibration=info["calibration"],
                         images=_parity_images(info, geometry, parity_images), checkpoint=run_dir / CHECKPOINT,
@@ -46,7 +47,12 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
     Every graph gets its mixed FP16 twin for TensorRT (export/fp16.py), listed in meta `fp16`.
     Diffusion models with `PIPELINE = "latent_ddim"` (DiffAD) become four graphs and a `pipeline`
     entry (export/diffusion.py); models with `graph_inputs()` (SPR) get those inputs in the graph and
-    their seeds in `graph_inputs`."""
+    their seeds in `graph_inputs`.
+
+    The model name and the calibration are checked before anything is exported (a NaN threshold
+    would flag nothing); the whole meta.json is validated again before the bundle is committed."""
+    check_name(name, "model", str(out))
+    check_calibration(calibration, str(out))
     height, width = geometry.crop
     model = model.eval()
     multi = getattr(model, "PIPELINE", None) == "latent_ddim"

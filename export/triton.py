@@ -14,63 +14,86 @@ A bundle with fixed extra inputs (SPR's seeded noise) gets them frozen into the 
 graph as constants, since Triton batches every input of a batched model; such bundles get no TensorRT
 model (the plan keeps `noise` as an input). DiffAD's loop runs in edge_ad, not in Triton: refused.
 A plan must match the server's TensorRT version: build the engines with the server's TensorRT.
-The config follows Triton's model_config.proto; tests parse it with the schema of tritonclient.
+The config is a `ModelConfig` message of Triton's model_config.proto (tritonclient's classes), printed by
+protobuf's text_format: names are escaped by the printer, never pasted into text. Every name that
+becomes a folder, a file or a config field (model, tensors, compute capabilities) is checked first
+(`validate_meta`); nothing is written outside DIR. A model folder is replaced in one atomic exchange
+where the filesystem allows (renameat2), so Triton never sees half a model.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edge_ad.bundle import Bundle
+from edge_ad.bundle import Bundle, BundleError, current_umask, validate_meta
 from edge_ad.runtime.inputs import seeded_inputs
 from edge_ad.runtime.triton import model_names
 
-__all__ = ["write_repository", "model_names"]
+__all__ = ["write_repository", "model_names", "model_config"]
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+MAX_BATCH = 4096
 
 
-def _config(name: str, platform: str, bundle: Bundle, *, max_batch: int, preferred: list[int], delay_us: int,
-            instances: int, extra: list[str]) -> str:
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise RuntimeError('writing a Triton repository needs tritonclient: pip install "tritonclient[grpc]" '
+                           "(edge_ad[triton])") from None
+    return model_config_pb2
+
+
+def model_config(name: str, platform: str, bundle: Bundle, *, max_batch: int, preferred: list[int], delay_us: int,
+                 instances: int, plans: dict[str, str] | None = None) -> str:
+    """config.pbtxt of one model: a ModelConfig message printed by text_format."""
+    from google.protobuf import text_format
+
+    pb = _model_config_pb2()
     inp, out = bundle.meta["input"], bundle.meta["outputs"][0]
-    lines = [
-        f'name: "{name}"',
-        f'platform: "{platform}"',
-        f"max_batch_size: {max_batch}",
-        "input [",
-        f'  {{ name: "{inp["name"]}" data_type: {TRITON_TYPES[inp["dtype"]]} '
-        f'dims: [ {inp["height"]}, {inp["width"]}, 3 ] }}',
-        "]",
-        "output [",
-        f'  {{ name: "{out["name"]}" data_type: {TRITON_TYPES[out["dtype"]]} '
-        f'dims: [ {", ".join(str(d) for d in out["shape"][1:])} ] }}',
-        "]",
-        "dynamic_batching {",
-        f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]",
-        f"  max_queue_delay_microseconds: {delay_us}",
-        "}",
-        f"instance_group [ {{ count: {instances} }} ]",
-        "version_policy: { latest { num_versions: 1 } }",
-        *extra,
-    ]
-    return "\n".join(lines) + "\n"
+    config = pb.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
+    config.input.add(name=inp["name"], data_type=pb.DataType.Value(TRITON_TYPES[inp["dtype"]]),
+                     dims=[inp["height"], inp["width"], 3])
+    config.output.add(name=out["name"], data_type=pb.DataType.Value(TRITON_TYPES[out["dtype"]]),
+                      dims=list(out["shape"][1:]))
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = delay_us
+    config.instance_group.add(count=instances)
+    config.version_policy.latest.num_versions = 1
+    for cc, filename in sorted((plans or {}).items()):
+        config.cc_model_filenames[cc] = filename
+    return text_format.MessageToString(config)
 
 
 def _frozen_onnx(bundle: Bundle, dst: Path) -> None:
     """The FP32 graph with its fixed extra inputs (SPR's noise) turned into constants at the bundle's seed."""
     model = onnx.load(str(bundle.file("model.onnx")))
     for name, value in seeded_inputs(bundle.meta.get("graph_inputs", {}), None).items():
-        graph_input = next(i for i in model.graph.input if i.name == name)
+        graph_input = next((i for i in model.graph.input if i.name == name), None)
+        if graph_input is None:
+            raise BundleError(f"{bundle.path}: meta.json lists graph input {name!r}, which model.onnx does not "
+                              "take; re-export the bundle")
         model.graph.input.remove(graph_input)
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
     onnx.save(model, str(dst))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """10.3.0 -> (10, 3, 0); only the leading numeric parts count (a validated meta.json has them)."""
+    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
 def _plans(bundle: Bundle) -> dict[str, str]:
@@ -80,21 +103,29 @@ def _plans(bundle: Bundle) -> dict[str, str]:
         if info.get("graph") != bundle.meta.get("fp16", {}).get("model.onnx"):
             continue
         cc, version = info["device"]["compute_capability"], info["device"]["tensorrt"]
-        if cc not in found or tuple(map(int, version.split(".")[:3])) > tuple(map(int, found[cc][1].split(".")[:3])):
+        if cc not in found or _version_key(version) > _version_key(found[cc][1]):
             found[cc] = (name, version)
     return {cc: name for cc, (name, _) in found.items()}
+
+
+def _check_options(max_batch: int, preferred: list[int] | None, delay_us: int, instances: int) -> list[int]:
+    """Range checks of the batching options; returns the preferred batch sizes."""
+    for name, value, low, high in (("max_batch", max_batch, 1, MAX_BATCH), ("delay_us", delay_us, 0, 10_000_000),
+                                   ("instances", instances, 1, 256)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    return sorted({b for b in (preferred or [max(1, max_batch // 2), max_batch]) if 1 <= b <= max_batch})
 
 
 def write_repository(bundle: Bundle, out: str | Path, *, max_batch: int = 8, preferred: list[int] | None = None,
                      delay_us: int = 2000, instances: int = 1) -> list[Path]:
     """Write (or add to) a model repository; returns the model folders written. Each model folder is
-    written to a temporary sibling and renamed, so an interrupted export leaves no half model."""
+    written to a temporary folder inside the repository and swapped in whole."""
+    validate_meta(bundle.meta, str(bundle.path))         # names become folders, files and config fields
     if bundle.meta.get("pipeline", {}).get("kind", "single") != "single":
         raise ValueError(f"{bundle.model_name} is a multi-graph diffusion bundle: its DDIM loop runs in edge_ad, "
                          "not in Triton; serve it with `edge-ad stream` on the GPU machine instead")
-    preferred = sorted({b for b in (preferred or [max_batch // 2, max_batch]) if 1 <= b <= max_batch})
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    preferred = _check_options(max_batch, preferred, delay_us, instances)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names, written = model_names(bundle), []
@@ -103,33 +134,86 @@ def write_repository(bundle: Bundle, out: str | Path, *, max_batch: int = 8, pre
     def onnx_model(tmp: Path) -> None:
         (tmp / "1").mkdir()
         _frozen_onnx(bundle, tmp / "1" / "model.onnx")
-        (tmp / "config.pbtxt").write_text(_config(names["onnx"], "onnxruntime_onnx", bundle, extra=[], **common))
+        (tmp / "config.pbtxt").write_text(model_config(names["onnx"], "onnxruntime_onnx", bundle, **common))
 
-    written.append(_write_model(out / names["onnx"], onnx_model))
+    written.append(_write_model(out, names["onnx"], onnx_model))
     plans = _plans(bundle) if not bundle.meta.get("graph_inputs") else {}
     if plans:
         def trt_model(tmp: Path) -> None:
             (tmp / "1").mkdir()
-            entries = []
+            files = {}
             for cc, engine in sorted(plans.items()):
-                target = f"{bundle.model_name}.sm{cc.replace('.', '')}.plan"
-                shutil.copy2(bundle.file(engine), tmp / "1" / target)
-                entries.append(f'  {{ key: "{cc}" value: "{target}" }}')
-            extra = ["cc_model_filenames [", ",\n".join(entries), "]"]
-            (tmp / "config.pbtxt").write_text(_config(names["tensorrt"], "tensorrt_plan", bundle, extra=extra, **common))
+                files[cc] = f"{bundle.model_name}.sm{cc.replace('.', '')}.plan"
+                shutil.copyfile(bundle.file(engine), tmp / "1" / files[cc])
+            (tmp / "config.pbtxt").write_text(model_config(names["tensorrt"], "tensorrt_plan", bundle, plans=files,
+                                                           **common))
 
-        written.append(_write_model(out / names["tensorrt"], trt_model))
+        written.append(_write_model(out, names["tensorrt"], trt_model))
     return written
 
 
-def _write_model(target: Path, fill) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        fill(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write_model(repo: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary folder in `repo` and swap it in as `repo/name`; one writer per model at a
+    time (a lock file), and the temporaries of a killed writer are removed first."""
+    target = repo / name
+    if target.resolve().parent != repo.resolve() or target.is_symlink():
+        raise BundleError(f"{target} is a link or leaves the repository {repo}; refusing to replace it: "
+                          "remove it, or write the repository elsewhere")
+    if target.exists() and not target.is_dir():
+        raise BundleError(f"{target} exists and is not a model folder; remove it or choose another repository")
+    with _model_lock(repo, name):
+        stale = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.partial")
+        for entry in repo.iterdir():
+            if stale.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
+        try:
+            os.chmod(tmp, 0o777 & ~current_umask())
+            fill(tmp)
+            if not target.exists():
+                os.rename(tmp, target)
+            elif _exchange(tmp, target):
+                shutil.rmtree(tmp)                  # now the old model folder
+            else:
+                aside = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
+                os.rename(target, aside / "old")
+                os.rename(tmp, target)
+                shutil.rmtree(aside)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
+
+
+@contextmanager
+def _model_lock(repo: Path, name: str) -> Iterator[None]:
+    """An exclusive lock on `repo/.name.lock`; a second writer of the same model gets a clear error."""
+    fd = os.open(repo / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BundleError(f"another export is writing {repo / name} right now; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2 RENAME_EXCHANGE); False where the
+    kernel, libc or filesystem cannot, so the caller falls back to two renames."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100                     # Linux's AT_FDCWD: paths relative to the working directory
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):      # not supported here
+        return False
+    raise OSError(code, os.strerror(code), str(b))

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_ad.bundle import Bundle, BundleError, add_file
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DeviceKey", "EngineSpec", "engine_name", "find_engine", "store_engine", "describe_engines", "cache_dir"]
 
@@ -48,8 +52,10 @@ class DeviceKey:
         return cls(_kernels.cuda_device_name(device), f"{major}.{minor}", tensorrt_version, platform.machine())
 
     def slug(self) -> str:
-        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
-        return f"{gpu}.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt}.{self.platform}"
+        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-") or "gpu"
+        parts = (self.compute_capability.replace(".", ""), self.tensorrt, self.platform)
+        cc, trt, machine = (re.sub(r"[^A-Za-z0-9_.+-]+", "-", p) for p in parts)
+        return f"{gpu}.sm{cc}.trt{trt}.{machine}"
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,8 @@ class EngineSpec:
 
 
 def engine_name(spec: EngineSpec, key: DeviceKey) -> str:
-    stem = spec.graph.split("/")[-1].split(".")[0]
+    """engines/<graph stem>.<device slug>.<precision>.b<min>-<max>.engine, of plain characters only."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", spec.graph.split("/")[-1].split(".")[0]).strip("-") or "graph"
     return f"engines/{stem}.{key.slug()}.{spec.precision}.b{spec.min_batch}-{spec.max_batch}.engine"
 
 
@@ -88,13 +95,24 @@ def find_engine(bundle: Bundle, spec: EngineSpec, key: DeviceKey) -> Path | None
             return bundle.file(name)
     folder = cache_dir(bundle)
     for sidecar in sorted(folder.glob("engines/*.json")) if folder.is_dir() else []:
-        info = json.loads(sidecar.read_text())
+        info = _read_sidecar(sidecar)
         engine = sidecar.with_suffix(".engine")
         if _fits(info, spec, key) and engine.is_file():
             if hashlib.sha256(engine.read_bytes()).hexdigest() != info.get("sha256"):
                 raise BundleError(f"checksum mismatch for cached engine {engine}: delete it and it is rebuilt")
             return engine
     return None
+
+
+def _read_sidecar(sidecar: Path) -> dict:
+    """A cached engine's description, or {} (skipped, with a warning) when it is unreadable."""
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        log.warning("ignoring the damaged engine cache entry %s (%s); delete it and the engine is rebuilt", sidecar,
+                    str(err)[:200])
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _fits(info: dict, spec: EngineSpec, key: DeviceKey) -> bool:
@@ -116,12 +134,22 @@ def store_engine(bundle: Bundle, spec: EngineSpec, key: DeviceKey, plan: bytes, 
     except OSError:
         target = cache_dir(bundle) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".partial")
-        tmp.write_bytes(plan)
-        os.replace(tmp, target)
         info["sha256"] = hashlib.sha256(plan).hexdigest()
-        target.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        _replace(target, plan)                                      # the engine, then the sidecar that vouches for it
+        _replace(target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
         return target, bundle
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole under a unique temporary name (concurrent builders do not collide)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def describe_engines(bundle: Bundle) -> list[str]:

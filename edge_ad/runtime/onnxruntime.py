@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_ad.bundle import BundleError
+
 log = logging.getLogger(__name__)
+
+# What ONNX Runtime raises for a file it cannot take as a model (they derive from Exception only).
+_MODEL_ERRORS = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotFound",
+                 "NotImplemented")
 
 
 def gpu_present() -> bool:
@@ -42,7 +48,7 @@ def ort_session(model_path: Path, *, device: str = "auto", threads: int | None =
     if device == "cuda" or (device == "auto" and gpu_present()):
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(model_path), options, providers=providers)
+    session = _open(ort, model_path, options, providers)
     active = session.get_providers()
     # onnxruntime-gpu lists CUDA even where its libraries or a GPU are missing, and then falls
     # back to the CPU: what counts is the provider the session ended up with.
@@ -53,16 +59,50 @@ def ort_session(model_path: Path, *, device: str = "auto", threads: int | None =
     return session, "cuda" if "CUDAExecutionProvider" in active else "cpu"
 
 
+def _open(ort, model_path: Path, options, providers: list[str]):
+    """An InferenceSession, or a BundleError naming the file when ONNX Runtime cannot load it
+    (damaged, not ONNX, or from a newer opset) instead of ONNX Runtime's own exception."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    errors = tuple(getattr(state, name) for name in _MODEL_ERRORS if hasattr(state, name))
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=providers)
+    except errors as err:
+        detail = str(err).replace(str(model_path), Path(model_path).name).splitlines()[0][:300]
+        raise BundleError(f"ONNX Runtime {ort.__version__} cannot load {model_path}: {detail}. The file is damaged, "
+                          "not an ONNX model, or needs a newer ONNX Runtime: copy the bundle again, re-export it, "
+                          "or upgrade onnxruntime") from None
+
+
+def check_image_input(session, model_path: Path, input_hw: tuple[int, int] | None = None) -> None:
+    """The graph's first input must take what the runtime feeds: uint8 N x H x W x 3, with H x W
+    the bundle's input size (meta.json's input/geometry) when `input_hw` is given."""
+    first = session.get_inputs()[0]
+    shape = list(first.shape)
+    fixed = [d if isinstance(d, int) else None for d in shape]          # symbolic or unknown sides: None
+    wrong = first.type != "tensor(uint8)" or len(shape) != 4 or fixed[3] not in (3, None)
+    if not wrong and input_hw is not None:
+        wrong = any(got is not None and got != want for got, want in zip(fixed[1:3], input_hw))
+    if wrong:
+        expected = f"uint8 [batch, {input_hw[0]}, {input_hw[1]}, 3]" if input_hw else "uint8 [batch, H, W, 3]"
+        raise BundleError(f"{model_path} takes {first.type} {shape} as its input {first.name!r}, but the bundle's "
+                          f"meta.json promises {expected}: the graph and meta.json do not belong together; re-export "
+                          "the bundle")
+
+
 class OrtBackend:
     """infer(uint8 N x H x W x 3) -> float32 raw maps N x 1 x h x w.
 
-    `feeds` are the graph's other inputs, fixed for the backend's life (SPR's seeded noise)."""
+    `feeds` are the graph's other inputs, fixed for the backend's life (SPR's seeded noise); `input_hw`
+    the bundle's input size (meta.json), checked against the graph's input."""
 
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, *, device: str = "auto", threads: int | None = None,
-                 spinning: bool = False, feeds: dict[str, np.ndarray] | None = None) -> None:
+                 spinning: bool = False, feeds: dict[str, np.ndarray] | None = None,
+                 input_hw: tuple[int, int] | None = None) -> None:
         self.session, self.device = ort_session(model_path, device=device, threads=threads, spinning=spinning)
+        check_image_input(self.session, Path(model_path), input_hw)
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
         first = self.session.get_inputs()[0].shape[0]
@@ -70,7 +110,7 @@ class OrtBackend:
         self.feeds = dict(feeds or {})
         wanted = {i.name for i in self.session.get_inputs()[1:]}
         if wanted != set(self.feeds):
-            raise ValueError(f"{Path(model_path).name} takes inputs {sorted(wanted)} besides the images, "
+            raise BundleError(f"{Path(model_path).name} takes inputs {sorted(wanted)} besides the images, "
                              f"the bundle's meta.json provides {sorted(self.feeds)}; re-export the bundle")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

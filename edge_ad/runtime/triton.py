@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_ad.bundle import Bundle
+from edge_ad.bundle import Bundle, check_name
 
 __all__ = ["TritonBackend", "model_names"]
 
 
 def model_names(bundle: Bundle) -> dict[str, str]:
-    """The repository's model names of a bundle (export/triton.py writes them)."""
-    return {"onnx": f"{bundle.model_name}_onnx", "tensorrt": f"{bundle.model_name}_trt"}
+    """The repository's model names of a bundle (export/triton.py writes them): folder names, so the
+    model name must be a plain identifier (a BundleError otherwise)."""
+    name = check_name(bundle.meta.get("model"), "model", str(bundle.path))
+    return {"onnx": f"{name}_onnx", "tensorrt": f"{name}_trt"}
 
 
 class TritonBackend:
@@ -35,6 +37,9 @@ class TritonBackend:
             import tritonclient.grpc as grpcclient
         except ImportError:
             raise RuntimeError('the Triton backend needs tritonclient: pip install "tritonclient[grpc]"') from None
+        names = model_names(bundle)                     # checked before anything goes on the wire
+        self.input = check_name(bundle.meta["input"]["name"], "input.name", str(bundle.path))
+        self.output = check_name(bundle.meta["outputs"][0]["name"], "outputs[0].name", str(bundle.path))
         graph_inputs = bundle.meta.get("graph_inputs", {})
         if seed is not None and any(seed != g["seed"] for g in graph_inputs.values()):
             raise ValueError("the Triton repository holds the bundle's own noise seed; drop seed= or re-export")
@@ -48,14 +53,11 @@ class TritonBackend:
                                   "--model-repository DIR with DIR from `edge-ad export BUNDLE --triton DIR`") from err
         if not live:
             raise ConnectionError(f"the Triton server at {url} is not live")
-        names = model_names(bundle)
         candidates = [model] if model else [names["tensorrt"], names["onnx"]]
         self.model = next((m for m in candidates if self.client.is_model_ready(m)), None)
         if self.model is None:
             raise ConnectionError(f"the Triton server at {url} has none of the models {candidates} ready; load the "
                                   "repository written by `edge-ad export BUNDLE --triton DIR`")
-        self.input = bundle.meta["input"]["name"]
-        self.output = bundle.meta["outputs"][0]["name"]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         request = self.grpc.InferInput(self.input, list(batch.shape), "UINT8")
