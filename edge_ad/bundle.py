@@ -312,9 +312,12 @@ def _clean_stale(out: Path) -> None:
     """Remove what killed exports of `out` left: its temporaries (our naming only) whose lock no live
     exporter holds, and the `.out.old` of the earlier two-step overwrite once `out` is a bundle again."""
     pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.partial")
+    starting = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.starting-([0-9]+)")
     for entry in out.parent.iterdir():
         if pattern.fullmatch(entry.name) and _abandoned(entry):
             _remove(entry)
+        elif (found := starting.fullmatch(entry.name)) and not _process_alive(int(found.group(1))):
+            _remove(entry)                  # its exporter died before the temporary was renamed
     old = out.with_name(f".{out.name}.old")
     if old.is_dir() and not old.is_symlink() and (out / META).is_file() and (old / META).is_file():
         shutil.rmtree(old, ignore_errors=True)
@@ -336,10 +339,26 @@ def _abandoned(work: Path) -> bool:
 def _make_partial(out: Path) -> tuple[Path, int]:
     """A temporary sibling of `out` with the permissions the umask gives (mkdtemp makes 0700), and
     the descriptor of the lock this exporter holds on it (it marks the temporary as alive)."""
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    fd = _lock(work / LOCK_FILE)
-    os.chmod(work, 0o777 & ~current_umask())
+    # Created as `.starting-<pid>` and locked before it is renamed to `.partial`: a cleaner never sees
+    # a `.partial` unlocked, and judges a `.starting` by whether its process still lives.
+    starting = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=f".starting-{os.getpid()}", dir=out.parent))
+    fd = _lock(starting / LOCK_FILE)
+    if fd is None:                          # nobody else may lock a live process's .starting
+        raise BundleError(f"{starting} is locked by another process; remove it and export again")
+    work = starting.with_name(starting.name.rsplit(".", 1)[0] + ".partial")
+    os.chmod(starting, 0o777 & ~current_umask())
+    os.rename(starting, work)
     return work, fd
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _UMASK_LOCK = threading.Lock()

@@ -165,15 +165,23 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def format(self, record: logging.LogRecord) -> str:
+        # another handler's formatter may have cached the traceback unredacted in exc_text: format our own
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - the logging API
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:  # noqa: N802 - the logging API
-        return "\n".join("  | " + escape_controls(line) for line in super().formatException(ei).splitlines())
+        return "\n".join("  | " + escape_controls(line) for line in redact(super().formatException(ei)).splitlines())
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802 - the logging API
-        return "\n".join("  | " + escape_controls(line) for line in stack_info.splitlines())
+        return "\n".join("  | " + escape_controls(line) for line in redact(stack_info).splitlines())
 
 
 class Throttle:

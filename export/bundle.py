@@ -18,7 +18,7 @@ from edge_ad.data import MVTecDataset
 from edge_ad.models import create_model
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.training.adapter import UInt8Input
-from edge_ad.training.fit import CHECKPOINT
+from edge_ad.training.fit import CHECKPOINT, file_sha256
 from edge_ad.training.run import load_run
 from export.onnx import INPUT, OPSET, OUTPUT, export_onnx
 from export.diffusion import GRAPHS, export_parts, pipeline_meta
@@ -36,12 +36,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     geometry = Geometry.from_dict(info["geometry"])
     return export_model(model, out, name=info["model"], geometry=geometry, calibration=info["calibration"],
                         images=_parity_images(info, geometry, parity_images), checkpoint=run_dir / CHECKPOINT,
-                        metrics=info.get("metrics"), overwrite=overwrite)
+                        metrics=info.get("metrics"), overwrite=overwrite,
+                        checkpoint_sha256=info.get("checkpoint_sha256"))
 
 
 def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
                  images: np.ndarray, checkpoint: Path | None = None, metrics: dict | None = None,
-                 overwrite: bool = False) -> Bundle:
+                 overwrite: bool = False, checkpoint_sha256: str | None = None) -> Bundle:
     """Write the bundle of an in-memory model: ONNX (folded when the model can fold) + meta.json.
 
     Every graph gets its mixed FP16 twin for TensorRT (export/fp16.py), listed in meta `fp16`.
@@ -71,6 +72,10 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         if checkpoint is not None:
             shutil.copy2(checkpoint, tmp / CHECKPOINT)
+            # the bytes copied must be the checkpoint the run verified (not one swapped in since)
+            if checkpoint_sha256 is not None and file_sha256(tmp / CHECKPOINT) != checkpoint_sha256:
+                raise ValueError(f"{checkpoint} changed while it was being exported (its sha256 no longer matches "
+                                 "run.json); is a training still writing that run? Export again when it is done")
 
     with torch.no_grad():
         raw_shape = list(reference(torch.from_numpy(images[:1])).shape)

@@ -34,7 +34,7 @@ TARGETS = {
     "edge_ad/runtime/result.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
     "edge_ad/metrics.py": ["tests/test_metrics.py"],
     "edge_ad/postprocess.py": ["tests/test_heatmap_kernel.py", "tests/test_ddim_kernel.py", "tests/test_verdict.py"],
-    "edge_ad/bundle.py": ["tests/test_bundle_security.py"],
+    "edge_ad/bundle.py": ["tests/test_bundle_security.py", "tests/test_bundle_hardening.py"],
 }
 
 SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,

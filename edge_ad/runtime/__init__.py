@@ -74,7 +74,8 @@ def _onnxruntime(b: Bundle, kind: str, backend: str, **kw):
     from edge_ad.runtime.onnxruntime import OrtBackend
 
     feeds = seeded_inputs(b.meta.get("graph_inputs", {}), kw["seed"])
-    return OrtBackend(b.file("model.onnx"), device=device, threads=kw["threads"], feeds=feeds)
+    return OrtBackend(b.file("model.onnx"), device=device, threads=kw["threads"], feeds=feeds,
+                      input_hw=(b.meta["input"]["height"], b.meta["input"]["width"]))
 
 
 def _tensorrt(b: Bundle, kind: str, *, steps, seed, batch, cuda_graph: bool, build: bool):

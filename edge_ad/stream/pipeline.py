@@ -310,7 +310,7 @@ class Stream:
             try:
                 sink.close()
             except Exception as err:  # noqa: BLE001 - one sink's close must not keep the others open
-                log.error("closing sink %s failed: %s", type(sink).__name__, err)
+                log.error("closing sink %s failed: %s", type(sink).__name__, _text(err))
 
     # Results -------------------------------------------------------------------------------------
     def run(self) -> dict:

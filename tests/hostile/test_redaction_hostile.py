@@ -142,11 +142,7 @@ def test_redaction_keeps_a_json_line_valid() -> None:
     assert json.loads(redact(line))["error"] == 'login failed: password="***" user-id=***'
 
 
-@pytest.mark.parametrize("fmt", [
-    pytest.param("text", marks=pytest.mark.xfail(strict=True, reason=(
-        "logs.TextFormatter.formatException/formatStack do not call redact (owner of the rest of logs.py: "
-        "wrap super().formatException(ei) and stack_info in redact(...)); remove this mark then"))),
-    "json"])
+@pytest.mark.parametrize("fmt", ["text", "json"])
 def test_logs_carry_no_secret_in_message_fields_or_traceback(fmt) -> None:
     stream = io.StringIO()
     handler = logs.configure(fmt, "INFO", stream=stream)
