@@ -112,3 +112,40 @@ def test_mask_marks_the_pixels_above_the_pixel_threshold() -> None:
 def test_pixel_threshold_above_every_value_gives_an_empty_mask() -> None:
     result, _ = _result_with_square(pixel_threshold=3.0)
     assert result.mask.sum() == 0
+
+
+def test_edge_ad_stream_flags_exactly_the_frames_above_the_bundle_threshold(tiny_bundle, tmp_path) -> None:
+    """Through the CLI: a copy of the bundle whose calibrated threshold sits between the scores of a
+    folder's images; the events file flags exactly those above it, with the normalized scores."""
+    import json
+    import shutil
+
+    import cv2
+
+    from edge_ad.bundle import add_file, read_bundle
+    from edge_ad.cli import main
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle, symlinks=True)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = _frames(6, seed=3)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), frame)
+    scores = np.array([r.score for r in edge_ad.load(bundle).predict(frames)])
+    threshold = float(np.sort(scores)[2:4].mean())
+
+    def calibrate_between(meta: dict) -> None:
+        meta["calibration"].update(image_threshold=threshold, image_norm=[threshold - 1.0, threshold + 1.0])
+
+    add_file(read_bundle(bundle), "verdict-note.txt", b"threshold set by the test\n", calibrate_between)
+    events = tmp_path / "events.jsonl"
+    assert main(["stream", str(bundle), "--source", str(folder), "--events", str(events), "--events-frames", "all",
+                 "--backend", "onnxruntime-cpu"]) == 0
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    got = {e["frame"]: e for e in lines if e["event"] in ("frame", "anomaly")}
+    assert len(got) == 6
+    for i, s in enumerate(scores):
+        assert got[i]["anomalous"] is bool(s > threshold) and (got[i]["event"] == "anomaly") is bool(s > threshold)
+        assert got[i]["normalized_score"] == pytest.approx(float(np.clip((s - threshold + 1.0) / 2.0, 0, 1)), abs=1e-5)
+    assert sum(e["anomalous"] for e in got.values()) == 3
