@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module -> the tests that exercise it (kept short: each mutant runs them)
 TARGETS = {
-    "edge_ad/training/calibrate.py": ["tests/test_verdict.py"],
+    "edge_ad/training/calibrate.py": ["tests/test_verdict.py", "tests/test_training_hardening.py::"
+                                      "test_non_finite_validation_scores_are_refused",
+                                      "tests/test_training_hardening.py::test_stored_calibration_is_checked_field_by_field"],
     "edge_ad/runtime/detector.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
     "edge_ad/runtime/result.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
     "edge_ad/metrics.py": ["tests/test_metrics.py"],

@@ -149,3 +149,20 @@ def test_edge_ad_stream_flags_exactly_the_frames_above_the_bundle_threshold(tiny
         assert got[i]["anomalous"] is bool(s > threshold) and (got[i]["event"] == "anomaly") is bool(s > threshold)
         assert got[i]["normalized_score"] == pytest.approx(float(np.clip((s - threshold + 1.0) / 2.0, 0, 1)), abs=1e-5)
     assert sum(e["anomalous"] for e in got.values()) == 3
+
+
+@pytest.mark.parametrize("limit", [1, 3, 8])
+def test_batches_beyond_the_engine_maximum_run_in_chunks_with_the_same_results(tiny_bundle, limit) -> None:
+    """A backend with a profile maximum (TensorRT's) gets at most that many images per run; results in
+    order, equal to one unchunked run (here the real ONNX Runtime backend, given a maximum)."""
+    det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
+    prepared = np.stack([prepare(f[:, :, ::-1], det.geometry) for f in _frames(8, seed=4)])
+    want_maps, want_scores = det.heatmaps(prepared)
+    seen: list[int] = []
+    infer = det.backend.infer
+    det.backend.infer = lambda batch: (seen.append(len(batch)), infer(batch))[1]
+    det.backend.max_batch = limit
+    maps, scores = det.heatmaps(prepared)
+    assert max(seen) <= limit and sum(seen) == 8
+    np.testing.assert_array_equal(scores, want_scores)
+    np.testing.assert_array_equal(maps, want_maps)
