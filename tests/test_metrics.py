@@ -142,3 +142,20 @@ def test_aupro_regions_are_8_connected() -> None:
     maps = np.zeros((1, 8, 8))
     maps[0, 1, 4] = 1.0
     assert aupro(masks, maps) == pytest.approx(0.3625)
+
+
+def test_f1_max_counts_the_lowest_scores_as_one_tie() -> None:
+    """The three lowest scores tie: flagging them all (P 3/4, R 1, F1 6/7) beats the top one alone
+    (P 1, R 1/3, F1 1/2); the last tie group must be a candidate threshold."""
+    labels = np.array([1, 1, 0, 1])
+    scores = np.array([0.9, 0.2, 0.2, 0.2])
+    f1, threshold = f1_max(labels, scores)
+    assert f1 == pytest.approx(6 / 7) and threshold == pytest.approx(0.2)
+
+
+def test_aupro_interpolates_the_curve_at_the_limit() -> None:
+    """Operating points (0, 0), (0.5, 1), (1, 1): up to fpr 0.2 the PRO rises linearly to 0.4: area
+    0.04, normalized by 0.2 -> 0.2. Without interpolation at the limit it would be 0."""
+    masks = np.array([[[1, 0, 0]]])
+    maps = np.array([[[0.5, 0.5, 0.0]]])        # the defect ties with one normal pixel
+    assert aupro(masks, maps, fpr_limit=0.2) == pytest.approx(0.2)

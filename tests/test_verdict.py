@@ -3,6 +3,7 @@ heat map, each against values computed by hand or by an independent reference (i
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -166,3 +167,28 @@ def test_batches_beyond_the_engine_maximum_run_in_chunks_with_the_same_results(t
     assert max(seen) <= limit and sum(seen) == 8
     np.testing.assert_array_equal(scores, want_scores)
     np.testing.assert_array_equal(maps, want_maps)
+
+
+@pytest.mark.parametrize("color", ["BGR", "RGB"])
+def test_overlay_blends_the_jet_heatmap_and_labels_in_the_callers_colour_order(color) -> None:
+    result, _ = _result_with_square()
+    image = np.full((64, 64, 3), (10, 120, 240), np.uint8)
+    out = result.overlay(image, color=color, alpha=0.5)
+    jet = cv2.applyColorMap((result.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    jet = jet if color == "BGR" else jet[:, :, ::-1]
+    want = cv2.addWeighted(image, 0.5, jet, 0.5, 0)
+    np.testing.assert_array_equal(out[40:, :], want[40:, :])          # below the label: the blend exactly
+    red = (0, 0, 255) if color == "BGR" else (255, 0, 0)                 # "ANOMALY 1.00", in red
+    assert (out[:30] == red).all(axis=2).sum() > 20 and not (want[:30] == red).all(axis=2).any()
+
+
+def test_calibration_warns_when_every_validation_score_is_the_same(caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        calibrate(np.full(4, 1.5), np.zeros((4, 2, 2)))
+    assert "same score" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        calibrate(np.array([1.0, 2.0]), np.zeros((2, 2, 2)))
+    assert "same score" not in caplog.text
