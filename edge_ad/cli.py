@@ -22,6 +22,23 @@ EXIT_STREAM_FAILED = 3
 EXIT_INTERRUPTED = 130
 MAX_SEED = 2**63 - 1
 MAX_CAMERA_INDEX = 255          # /dev/video0 .. /dev/video255: the most V4L2 numbers
+MAX_SNAPSHOT_BUDGET_MB = 1e9    # a petabyte (SnapshotSink refuses more too)
+
+
+def _shown(text: str) -> str:
+    """A value a user typed, as an error message may show it: control characters escaped, then secrets
+    redacted (escaped first, so a control character inside a password cannot end what is hidden)."""
+    from edge_ad.logs import escape_controls, redact
+
+    return redact(escape_controls(str(text)))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but what it echoes of a bad argument (a URL with a password and a control character,
+    an unrecognised argument) is escaped and redacted before it reaches stderr. Sub-parsers inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(_shown(message))
 
 
 # Argument types: each refuses a value out of range with a message argparse prints after the usage ----------
@@ -32,7 +49,7 @@ def int_range(low: int, high: int | None = None) -> "callable":
         try:
             value = int(text.strip(), 10)
         except (ValueError, AttributeError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"'{_shown(text)}' is not a whole number") from None
         if value < low or (high is not None and value > high):
             span = f"from {low} to {high}" if high is not None else f">= {low}"
             raise argparse.ArgumentTypeError(f"{value} is out of range: give a whole number {span}")
@@ -47,11 +64,11 @@ def float_range(low: float, high: float | None = None, *, low_inclusive: bool = 
         try:
             value = float(text)
         except (ValueError, TypeError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"'{_shown(text)}' is not a number") from None
         above = value >= low if low_inclusive else value > low
         if not math.isfinite(value) or not above or (high is not None and value > high):
             span = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number {span}")
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is out of range: give a finite number {span}")
         return value
     parse.__name__ = "number"
     return parse
@@ -67,7 +84,8 @@ def nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty value; give a name or path")
     if not text.isprintable():
-        raise argparse.ArgumentTypeError(f"{text!r} contains control characters (a newline?); give a plain name or path")
+        raise argparse.ArgumentTypeError(f"'{_shown(text)}' contains control characters (a newline?); give a plain "
+                                         "name or path")
     return text
 
 
@@ -88,7 +106,7 @@ def host_port(text: str) -> str:
     text = nonempty(text)
     host, sep, number = text.rpartition(":")
     if not sep or not host:
-        raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT, e.g. localhost:8001")
+        raise argparse.ArgumentTypeError(f"'{_shown(text)}': give HOST:PORT, e.g. localhost:8001")
     port(number)
     return text
 
@@ -127,18 +145,15 @@ def _raised_by_edge_ad(err: BaseException) -> bool:
 
 
 def _one_line(err: BaseException) -> str:
-    """The error as one redacted line (control characters escaped)."""
-    from edge_ad.logs import redact
+    """The error as one redacted line (control characters escaped; redacted before its lines are joined,
+    so a line break inside a secret cannot split it out of what is hidden)."""
+    from edge_ad.logs import escape_controls, redact_lines
 
     text = str(err) or type(err).__name__
     if isinstance(err, OSError) and err.strerror:          # "[Errno 13] Permission denied: 'x'" -> the words
         text = err.strerror + (f": {err.filename}" if err.filename and str(err.filename) not in err.strerror else "")
-    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    try:
-        from edge_ad.logs import escape_controls
-    except ImportError:  # pragma: no cover
-        return redact(text)
-    return escape_controls(redact(text))
+    text = redact_lines(text)
+    return escape_controls(" ".join(part.strip() for part in text.splitlines() if part.strip()))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -211,22 +226,29 @@ def _stream(args: argparse.Namespace) -> int:
     import edge_ad
     from edge_ad.stream import Reconnect, stop_on_signals
 
-    if args.video:                        # an unwritable --video fails now, not after the first anomaly
-        check_video_path(args.video, args.fps)
+    if args.video:                        # an unwritable or existing --video fails now, not after the first anomaly
+        check_video_path(args.video, args.fps, overwrite=args.overwrite_video)
     if args.retry_max < args.retry_initial:
         raise ValueError(f"--retry-max {args.retry_max:g} is below --retry-initial {args.retry_initial:g}")
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
                             triton_url=args.triton_url)
     policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
     options = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
-    stream = detector.stream(args.source, sinks=_stream_sinks(args), batch=args.batch, max_frames=args.max_frames,
+    stream = detector.stream(args.source, sinks=[], batch=args.batch, max_frames=args.max_frames,
                              duration=args.duration, idle_timeout=args.idle_timeout, reconnect=policy,
                              realtime=args.realtime, loop=args.loop, **options)
+    # The sources exist (not started), so their names are known: an existing per-source video is refused
+    # before any output is created.
+    stream.sinks = sinks = _stream_sinks(args, [s.name for s in stream.sources])
     metrics = None
     if args.metrics_port is not None:
         from edge_ad.stream.prometheus import MetricsServer
 
-        metrics = MetricsServer(stream, args.metrics_port, host=args.metrics_host)
+        try:
+            metrics = MetricsServer(stream, args.metrics_port, host=args.metrics_host)
+        except BaseException:
+            _close_all(sinks)
+            raise
     fatal = None
     try:
         with stop_on_signals(stream):
@@ -242,7 +264,9 @@ def _stream(args: argparse.Namespace) -> int:
     finally:
         if metrics is not None:
             metrics.close()
-    summary = stream.summary()
+    from edge_ad.logs import redact_value
+
+    summary = redact_value(stream.summary())     # names and errors are redacted already; this is the backstop
     print(json.dumps(summary, indent=2, default=str))
     for name, s in summary["sources"].items():
         print(f"{name}: {s['state']}, {s['frames']} frames, {s['fps']:.1f} FPS, latency p50 {s['latency_ms_p50']:.1f} ms "
@@ -280,9 +304,10 @@ def stream_failure(summary: dict) -> str | None:
     return None
 
 
-def check_video_path(path: str, fps: float = 15.0, codec: str = "mp4v") -> None:
+def check_video_path(path: str, fps: float = 15.0, codec: str = "mp4v", *, overwrite: bool = True) -> None:
     """Open a video writer of the same kind beside `path` and remove it: an unwritable folder, a
-    folder given as the file, or a container OpenCV cannot write fails before streaming starts."""
+    folder given as the file, or a container OpenCV cannot write fails before streaming starts; an
+    existing file is refused unless `overwrite` (--overwrite-video)."""
     import cv2
     import numpy as np
 
@@ -291,6 +316,9 @@ def check_video_path(path: str, fps: float = 15.0, codec: str = "mp4v") -> None:
         raise ValueError(f"--video {path} is a folder; give a video file name, e.g. {target / 'annotated.mp4'}")
     if not target.suffix:
         raise ValueError(f"--video {path} has no file suffix; give e.g. {path}.mp4 (or .avi)")
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError(errno.EEXIST, f"--video {path} exists already; give another file name, or "
+                                            "--overwrite-video to replace it")
     if target.exists() and not os.access(target, os.W_OK):
         raise PermissionError(errno.EACCES, f"--video {path} exists and cannot be written")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -310,20 +338,38 @@ def check_video_path(path: str, fps: float = 15.0, codec: str = "mp4v") -> None:
         probe.unlink(missing_ok=True)
 
 
-def _stream_sinks(args: argparse.Namespace) -> list:
-    """Snapshots first, so the events file can name each anomalous frame's snapshot."""
+def _stream_sinks(args: argparse.Namespace, sources: list[str]) -> list:
+    """Snapshots first, so the events file can name each anomalous frame's snapshot. The video files of
+    `sources` are planned (an existing one refused without --overwrite-video) before anything is opened."""
     from edge_ad.stream import EventsSink, SnapshotSink, VideoSink, WindowSink
 
-    sinks = []
-    if args.snapshots:
-        sinks.append(SnapshotSink(args.snapshots, budget_mb=args.snapshot_budget_mb))
-    if args.events:
-        sinks.append(EventsSink(args.events, frames=args.events_frames, fsync=args.fsync))
+    video = None
     if args.video:
-        sinks.append(VideoSink(args.video, fps=args.fps))
+        video = VideoSink(args.video, fps=args.fps, overwrite=args.overwrite_video)
+        video.plan(sources)
+    sinks: list = []
+    try:
+        if args.snapshots:
+            sinks.append(SnapshotSink(args.snapshots, budget_mb=args.snapshot_budget_mb))
+        if args.events:
+            sinks.append(EventsSink(args.events, frames=args.events_frames, fsync=args.fsync))
+    except BaseException:                 # e.g. the events file is another stream's: release what was opened
+        _close_all(sinks)
+        raise
+    if video is not None:
+        sinks.append(video)
     if args.show and WindowSink.available():
         sinks.append(WindowSink())
     return sinks
+
+
+def _close_all(sinks: list) -> None:
+    """Close sinks that were opened for a stream that will not run (their locks and threads released)."""
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception:  # noqa: BLE001 - the error that stopped the stream is the one to report
+            pass
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -362,9 +408,11 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
     stream.add_argument("--fsync", action="store_true", help="fsync the events file after each line (power loss)")
     stream.add_argument("--snapshots", metavar="DIR", type=nonempty,
                         help="save anomalous frames (original + heatmap) here")
-    stream.add_argument("--snapshot-budget-mb", type=float_range(0.0), default=500.0,
-                        help="disk budget of --snapshots; the oldest are deleted beyond it")
-    stream.add_argument("--video", type=nonempty, help="annotated video file to write (one per source with several)")
+    stream.add_argument("--snapshot-budget-mb", type=float_range(0.0, MAX_SNAPSHOT_BUDGET_MB), default=500.0,
+                        help="disk budget of --snapshots; the oldest are deleted beyond it (at most 1e9)")
+    stream.add_argument("--video", type=nonempty, help="annotated video file to write (one per source with several); "
+                                                       "an existing file is refused unless --overwrite-video")
+    stream.add_argument("--overwrite-video", action="store_true", help="replace --video file(s) that exist already")
     stream.add_argument("--fps", type=float_range(0.0, 1000.0), default=15.0, help="frame rate of the annotated video")
     stream.add_argument("--show", action="store_true", help="open a window when a display exists")
     stream.add_argument("--metrics-port", type=port, default=None, help="serve Prometheus metrics on this port (1-65535)")
@@ -395,7 +443,7 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
 
-    parser = argparse.ArgumentParser(prog="edge-ad", description="Visual anomaly detection for factory lines.",
+    parser = _Parser(prog="edge-ad", description="Visual anomaly detection for factory lines.",
                                      epilog=f"exit status: 0 done, {EXIT_ERROR} an error (one line on stderr), "
                                             f"{EXIT_STREAM_FAILED} stream inspected nothing (every source or every "
                                             f"inference failed), {EXIT_INTERRUPTED} interrupted")

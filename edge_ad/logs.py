@@ -5,17 +5,24 @@ query parameter) never reaches a log file, whoever logged it. Fields given with 
 state, gap_s, ...) become keys of the JSON object, so a log shipper can filter on them. In text
 logs, control characters in a message (a newline in a source or file name) are escaped and tracebacks
 are indented, so no input can forge a log line; `Throttle` rate-limits an error that repeats.
+
+Structured data (an event, a summary) is redacted with `redact_value`, string by string BEFORE it is
+serialised: redacting serialised JSON text could cut a line open (a file named `token=".png`) or
+replace a whole object whose key only looked like a credential's. A network source's name is
+`redact_source_url(url)`: every query value is hidden, whatever its name (see there).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import threading
 import time
 from typing import TextIO
+from urllib.parse import unquote
 
 # URL userinfo: everything between "scheme://" and the LAST "@" of the whitespace-delimited token, so
 # a password holding "@", "/", "?" or ":" is hidden whole (a host after an "@" in a path is hidden too:
@@ -23,33 +30,80 @@ from typing import TextIO
 _CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]{0,30}://)\S*@")
 # user:password@host without a scheme (GStreamer/ffmpeg arguments, SDK messages).
 _BARE_USERINFO = re.compile(r"(?<![\w/:@.%~*+\-])[\w.%~!$*+\-]+:[^\s/\"']*@(?=[\w\[])")
-# name=value, name: value, "name": "value" -- the name is checked by _secret_name, the value parsed by _value_end.
+# name=value, name: value, "name": "value" -- the name is checked by secret_name (and _secret_at), the value
+# parsed by _value_end.
 _SECRET_PARAMS = re.compile(r"(?<![\w.\-\[\]])(?<!//)([A-Za-z_][\w.\-\[\]]{0,200})([\"']?[ \t]*(?:=|:(?!//))[ \t]*)")
 # --password VALUE on a command line.
 _SECRET_FLAGS = re.compile(r"(?<!\S)(--?[A-Za-z][\w\-]{0,80})([ \t]+)(?=[^\s\-])")
 _BEARER = re.compile(r"\b(Bearer)(\s+)[A-Za-z0-9._~+/=\-]{6,}")
-# A name is secret when it contains one of these (any case, any prefix or suffix: access_token,
-# X-Amz-Signature, AWSAccessKeyId, user-pw, PHPSESSID, ...) ...
-_SECRET_WORDS = ("token", "secret", "pass", "pwd", "auth", "signature", "credential", "cookie", "session", "sessid",
-                 "key", "jwt", "bearer", "private")
-# ... or has one of these as a whole part (parts split at non-letters): sig=, user-pw=, sid=, otp=, ...
-_SECRET_PARTS = ("sig", "pw", "sid", "otp", "pin")
-# ... or is a pipeline property that names the account (GStreamer rtspsrc, souphttpsrc).
+# A whitespace-delimited token holding percent-escapes (`access%5Ftoken%3D...`, a URL inside a URL):
+# redacted in its decoded form too, so an encoded name or separator hides nothing.
+_ENCODED_RUN = re.compile(r"\S*%[0-9A-Fa-f]{2}\S*")
+
+# Credential names, matched on the name's WORDS (split at '_', '-', '.', digits and camelCase, any case),
+# never on substrings: `keystone_line`, `passage_cam`, `monkey`, `secretary` are not credentials.
+# A strong word makes a name secret wherever it stands (password_new, token_v2) ...
+_STRONG = {"password", "passwords", "passwd", "passphrase", "passcode", "pwd", "pswd", "psw", "pword", "token",
+           "tokens", "secret", "secrets", "credential", "credentials", "jwt", "apikey", "signature", "authorization",
+           "sessionid", "sessid"}
+# ... a weak one only as the name's last word (api_key, user-pw, pin; not key_station, pin_line, session_hall) ...
+_WEAK = {"key", "keys", "pass", "pas", "pw", "sig", "auth", "oauth", "session", "cookie", "cookies", "cred",
+         "creds", "sid", "otp", "pin", "private", "bearer"}
+# ... ignoring trailing qualifiers (session_id, password_hash, AWSAccessKeyId, pin_code, pass_confirm).
+_QUALIFIERS = {"id", "ids", "value", "val", "hash", "hashed", "b64", "base64", "enc", "encoded", "encrypted", "hex",
+               "md5", "sha", "digest", "str", "string", "raw", "data", "code", "text", "param", "header", "field",
+               "confirm", "confirmation", "again", "repeat", "plain", "plaintext", "new", "old", "current"}
+# One word made of prefixes and a credential word: apikey, accesstoken, loginpas, userpw, phpsessid, jsessionid.
+_COMPOUND = re.compile(
+    r"(?:api|access|auth|secret|private|priv|client|refresh|id|session|user|usr|u|login|admin|app|sas|security|"
+    r"master|x|php|j|asp|aspnet|csrf|xsrf|account|acct|root|proxy|oauth|sso|aws|amz|goog|azure|bearer|device|web|"
+    r"http|db|ftp|smtp)+"
+    r"(?:key|keys|token|tokens|secret|pass|passwd|password|pwd|pswd|psw|pas|pw|pword|sig|signature|auth|session|"
+    r"sessionid|sessid|sid|cookie|credential|credentials|cred|creds|jwt|passphrase|passcode)(?:id|ids)?")
+# Pipeline properties that name the account (GStreamer rtspsrc, souphttpsrc).
 _SECRET_PROPERTIES = ("user-id", "proxy-id")
+# Query parameters named exactly so are secret only in a URL query (`?p=`, `&p=`): IP cameras' password.
+_QUERY_ONLY = {"p"}
 _AUTH_SCHEMES = ("bearer", "basic", "digest", "negotiate", "ntlm", "token", "aws4-hmac-sha256")
 _BARE_VALUE = re.compile(r"[^\s&\"'\\]*")
 _FIELD_VALUE = re.compile(r"[^\s&\"'\\,}\]]*")                 # after a quoted key: a JSON or dict field
 _SCHEME_CREDENTIAL = re.compile(r"[ \t]+[^\s&\"'\\]+")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+MASK = "***"
 
 
 def redact(text: str) -> str:
     """`text` with secrets replaced by `***`, by structure rather than by example: all URL userinfo
     (up to the last '@'), and the value of every parameter, property, header, JSON/dict field or
-    command-line flag whose name looks like a credential (token, key, secret, pass, pwd, auth, sig,
-    signature, credential, session, cookie, ... in any case, with any prefix or suffix), and the
-    account properties of GStreamer sources (user-id, proxy-id)."""
+    command-line flag whose name is a credential's (see `secret_name`), percent-encoded or not, and
+    the account properties of GStreamer sources (user-id, proxy-id). For a string inside a structure
+    (an event, a summary) use `redact_value`, never this on the serialised text."""
     text = text if isinstance(text, str) else str(text)
+    if "%" in text:
+        text = _ENCODED_RUN.sub(_redact_encoded, text)
+    return _redact_plain(text)
+
+
+def redact_lines(text: str) -> str:
+    """`redact` for a text that may hold line breaks or other control characters (a log message, an
+    error): the same text, redacted, unless a control character inside a secret (`pa\\nss` in a URL's
+    password) would leave a part of it visible -- then the text with its control characters escaped,
+    redacted, which hides the secret whole."""
+    text = text if isinstance(text, str) else str(text)
+    plain = redact(text)
+    if text.isprintable():
+        return plain
+    escaped = escape_controls(text)
+    safe = redact(escaped)
+    hidden = set(_RUNS.findall(escaped)) - set(_RUNS.findall(safe))
+    shown = escape_controls(plain)
+    return safe if any(piece in shown for piece in hidden) else plain
+
+
+_RUNS = re.compile(r"[A-Za-z0-9]{3,}")
+
+
+def _redact_plain(text: str) -> str:
     text = _redact_pairs(text, _SECRET_PARAMS)        # first: a value holding '@' must not look like userinfo
     text = _redact_pairs(text, _SECRET_FLAGS)
     text = _CREDENTIALS.sub(r"\1***@", text)
@@ -57,13 +111,116 @@ def redact(text: str) -> str:
     return _BEARER.sub(r"\1\2***", text)
 
 
-def _secret_name(name: str) -> bool:
-    """Whether a parameter name looks like a credential's."""
-    lower = name.lower()
-    if lower in _SECRET_PROPERTIES or any(word in lower for word in _SECRET_WORDS):
+def _redact_encoded(match: re.Match) -> str:
+    """A token with percent-escapes: kept as it is when its decoded form (decoded up to three times, for
+    double encoding) holds no secret; else that decoded form, redacted. Escapes of whitespace, quotes,
+    backslashes, control and non-ASCII bytes stay encoded, so decoding never splits a value in two."""
+    token = decoded = match.group(0)
+    for _ in range(3):
+        step = _PERCENT.sub(_decode_one, decoded)
+        if step == decoded:
+            break
+        decoded = step
+    if decoded == token:
+        return token
+    redacted = _redact_plain(decoded)
+    return token if redacted == decoded else redacted
+
+
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _decode_one(match: re.Match) -> str:
+    code = int(match.group(1), 16)
+    return chr(code) if 0x21 <= code < 0x7F and chr(code) not in "\"'\\" else match.group(0)
+
+
+def secret_name(name: str) -> bool:
+    """Whether a parameter, property, header, field or flag name is a credential's: decoded (`%5F` -> `_`),
+    split into words at separators, digits and camelCase; a strong word anywhere (password, token,
+    secret, credential, signature, pwd, psw, jwt, ...), a compound word (apikey, accessToken, loginpas,
+    PHPSESSID, ...), or a weak word as the last one (key, pass, pas, pw, sig, auth, session, cookie,
+    sid, otp, pin, ...; trailing qualifiers such as `id` or `hash` ignored). Words that merely contain
+    one (keystone, passage, monkey, secretary) are not credentials."""
+    if "%" in name:
+        name = unquote(unquote(name))
+    if name.lower().strip("-") in _SECRET_PROPERTIES:
         return True
-    parts = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())
-    return any(part in _SECRET_PARTS for part in parts)
+    words = _words(name)
+    if not words:
+        return False
+    if any(_strong(w) for w in words) or any(_strong(a + b) for a, b in zip(words, words[1:])):
+        return True
+    while len(words) > 1 and words[-1] in _QUALIFIERS:
+        words.pop()
+    return words[-1] in _WEAK
+
+
+def _words(name: str) -> list[str]:
+    """`AWSAccessKeyId` -> aws access key id; `x-api_KEY2` -> x api key."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name))
+    return re.findall(r"[a-z]+", spaced.lower())
+
+
+def _strong(word: str) -> bool:
+    return word in _STRONG or _COMPOUND.fullmatch(word) is not None
+
+
+def redact_value(value):
+    """A copy of a JSON-like structure (dicts, lists, strings, numbers) with every string redacted --
+    keys too, by `redact`, which never replaces a whole key or name -- and the scalar value of a key
+    that is a credential's name replaced by `***`. Structure is kept (a dict stays a dict, whatever
+    its key), so the result serialises to valid JSON; redact before serialising, never after."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            shown = redact(key) if isinstance(key, str) else key
+            while shown in out:                           # two keys that redact alike both stay
+                shown = f"{shown}#"
+            if isinstance(key, str) and secret_name(key) and isinstance(item, (str, int, float)) \
+                    and not isinstance(item, bool):
+                out[shown] = MASK
+            else:
+                out[shown] = redact_value(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact_value(item) for item in value]
+    return value
+
+
+def redact_source_url(url: str) -> str:
+    """The name shown for a network source (URL or pipeline): `redact`, and in every URL in it every
+    query and fragment value replaced by `***` whatever its name, except short plain values of known
+    stream-selection parameters (channel=1, subtype=0, profile=main, ...). The choice: IP cameras put
+    passwords under names no list can know (`loginpas=`, `p=`, `pw1=`), and a name is for telling
+    sources apart, which the host and path do; two URLs that differ only in a hidden value get `#2`."""
+    return redact(_URL_IN_TEXT.sub(lambda m: _mask_query(m.group(0)), url))
+
+
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s\"']+")
+_KEEP_QUERY = {"channel", "chn", "ch", "subtype", "stream", "streamtype", "profile", "resolution", "res", "width",
+               "height", "fps", "framerate", "bitrate", "quality", "compression", "codec", "videocodec", "video",
+               "audio", "transport", "rtsp_transport", "unicast", "multicast", "mode", "format", "camera", "cam",
+               "source", "track", "trackid", "media", "type"}
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]{1,16}")
+
+
+def _mask_query(url: str) -> str:
+    """`url` with its query and fragment values masked (see redact_source_url)."""
+    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=-1)
+    if cut < 0:
+        return url
+    head, tail = url[:cut + 1], url[cut + 1:]
+    parts = re.split(r"([&;#?])", tail)
+    for k in range(0, len(parts), 2):
+        name, eq, value = parts[k].partition("=")
+        if not eq:
+            parts[k] = MASK if name else name
+        elif not (unquote(name).lower() in _KEEP_QUERY and _PLAIN_VALUE.fullmatch(value)):
+            parts[k] = f"{name}={MASK}"
+    return head + "".join(parts)
 
 
 def _redact_pairs(text: str, pattern: re.Pattern) -> str:
@@ -71,7 +228,7 @@ def _redact_pairs(text: str, pattern: re.Pattern) -> str:
     out, pos = [], 0
     while (match := pattern.search(text, pos)) is not None:
         start = match.end()
-        if not _secret_name(match.group(1)):
+        if not _secret_at(text, match):
             out.append(text[pos:start])
             pos = start
             continue
@@ -86,6 +243,14 @@ def _redact_pairs(text: str, pattern: re.Pattern) -> str:
         pos = end
     out.append(text[pos:])
     return "".join(out)
+
+
+def _secret_at(text: str, match: re.Match) -> bool:
+    """Whether the name of `match` is secret here: a credential's name, or `p` as a URL query parameter."""
+    name = match.group(1)
+    if name.lower() in _QUERY_ONLY:
+        return match.start(1) > 0 and text[match.start(1) - 1] in "?&;" and match.group(2).startswith("=")
+    return secret_name(name)
 
 
 def _value_end(text: str, start: int, bare: re.Pattern) -> tuple[int, str]:
@@ -109,9 +274,12 @@ def _value_end(text: str, start: int, bare: re.Pattern) -> tuple[int, str]:
 
 
 def _string_end(text: str, start: int) -> int:
-    """End of the quoted string at `start` (backslash escapes honoured; the text's end if unclosed)."""
+    """End of the quoted string at `start` (backslash escapes honoured). Unclosed, it ends with its line:
+    the rest of the line is hidden (over-redacting is safe), the lines after it are not touched."""
     quote, i = text[start], start + 1
     while i < len(text) and text[i] != quote:
+        if text[i] in "\n\r":
+            return i
         i += 2 if text[i] == "\\" else 1
     return min(i + 1, len(text))
 
@@ -135,10 +303,10 @@ class RedactFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = redact_lines(message), None
         for key, value in list(vars(record).items()):
             if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, redact(value))
+                setattr(record, key, redact_lines(value))
         return True
 
 
@@ -222,10 +390,24 @@ class JsonFormatter(logging.Formatter):
                  "message": record.getMessage()}
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+                entry[key] = _plain(value)
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry)
+        return json.dumps(redact_value(entry), allow_nan=False)
+
+
+def _plain(value):
+    """An extra field as strict JSON data: non-finite floats -> null, containers kept (their strings are
+    redacted with the rest), anything else as its text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (int, str, bool, type(None))):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)) or type(value).__name__ == "deque":
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 def configure(fmt: str = "text", level: str | int = "INFO", stream: TextIO | None = None) -> logging.Handler:

@@ -9,6 +9,7 @@ unplugged is retried the same way. A file that ends ends its source (unless `loo
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge_ad.data.images import MAX_PIXELS_ENV
-from edge_ad.logs import redact
+from edge_ad.logs import escape_controls, redact_source_url
 from edge_ad.stream.sources import Source
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,23 @@ class Reconnect:
     timeout: float = 5.0          # seconds to open a network stream, and to wait for one frame
 
     def __post_init__(self) -> None:
+        numbers = (self.initial, self.factor, self.cap, self.timeout)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in numbers) \
+                or self.timeout <= 0:
+            raise ValueError(f"bad retry policy {self}: initial, factor, cap and timeout must be finite numbers "
+                             "(timeout > 0)")
         if self.initial <= 0 or self.factor < 1 or self.cap < self.initial:
             raise ValueError(f"bad retry policy {self}: need initial > 0, factor >= 1, cap >= initial")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"retry budget must be >= 0 or None, got {self.budget}")
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1, 2, ...)."""
-        return min(self.cap, self.initial * self.factor ** (attempt - 1))
+        """Seconds to wait after failed attempt number `attempt` (1, 2, ...). The exponent stops growing
+        once the cap is reached, so a camera down for days (thousands of attempts) never overflows."""
+        if self.factor == 1:
+            return min(self.cap, self.initial)
+        steps = min(max(attempt - 1, 0), math.ceil(math.log(self.cap / self.initial, self.factor)) + 1)
+        return min(self.cap, self.initial * self.factor ** steps)
 
 
 class CaptureSource(Source):
@@ -58,6 +68,16 @@ class CaptureSource(Source):
 
     def _capture(self) -> cv2.VideoCapture:
         return cv2.VideoCapture(self.target)
+
+    def _oversized(self, cap: cv2.VideoCapture) -> str:
+        """Why `cap`'s frames are refused ("has WxH frames, over the limit ..."), from the size it declares
+        before a frame is retrieved; "" when within the pixel limit (or when it declares no size)."""
+        width = _dimension(cap, cv2.CAP_PROP_FRAME_WIDTH)
+        height = _dimension(cap, cv2.CAP_PROP_FRAME_HEIGHT)
+        if width * height <= self._limit:
+            return ""
+        return (f"has {width}x{height} frames, over the limit of {self._limit / 1e6:g} MP; not decoded "
+                f"(raise the limit with --max-pixels or {MAX_PIXELS_ENV}=<pixels>)")
 
     def _release(self) -> None:
         if self.cap is not None:
@@ -96,11 +116,9 @@ class VideoFileSource(CaptureSource):
 
     def _check_size(self) -> None:
         """Refuse a video whose frames are over the pixel limit before decoding one (the source fails)."""
-        width = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
-        height = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-        if width * height > self._limit:
-            raise ValueError(f"{self.name} has {width}x{height} frames, over the limit of {self._limit / 1e6:g} MP; "
-                             f"not decoded (raise the limit with {MAX_PIXELS_ENV}=<pixels>)")
+        problem = self._oversized(self.cap)
+        if problem:
+            raise ValueError(f"{self.name} {problem}")
 
     def _read_pass(self, first: int, fps: float) -> int:
         """One pass over the file; returns the number of frame positions it covered."""
@@ -136,7 +154,7 @@ class _LiveCapture(CaptureSource):
         self._lost_at: float | None = None
 
     def _read_loop(self) -> None:
-        index, failed = 0, 0
+        index, failed, oversized = 0, 0, 0
         while not self._stop.is_set():
             if self.cap is None and not self._reconnect():
                 return
@@ -149,6 +167,17 @@ class _LiveCapture(CaptureSource):
             for k in range(failed):             # the stream went on: those were broken frames
                 self._corrupt(index + k, "could not be decoded")
             index, failed = index + failed, 0
+            problem = self._oversized(self.cap)
+            if problem:                         # the stream changed size after connecting: not converted
+                self.stats.frames_too_large += 1
+                self._corrupt(index, f"the frame {problem}")
+                index += 1
+                oversized += 1
+                if oversized >= LOST_AFTER:     # it stays so: reconnect, where the size is checked again
+                    self._lose(f"the stream {problem}")
+                    oversized = 0
+                continue
+            oversized = 0
             ok, image = self.cap.retrieve()
             self._put(image if ok else None, index)
             index += 1
@@ -164,20 +193,27 @@ class _LiveCapture(CaptureSource):
         attempt = 0
         while not self._stop.is_set():
             cap = self._capture()
+            why = "cannot connect"
             if cap.isOpened():
-                self.cap = cap
-                self._connected(attempt + 1)
-                return True
+                problem = self._oversized(cap)      # a hostile server's 268 MP frames: refused before decoding
+                if not problem:
+                    self.cap = cap
+                    self._connected(attempt + 1)
+                    return True
+                why = f"connected, but the stream {problem}"
+                self.stats.frames_too_large += 1
+                self.stats.errors.append(why)
             cap.release()
             attempt += 1
             if self.policy.budget is not None and attempt > self.policy.budget:
                 self._set_state("failed", attempts=attempt, level=logging.ERROR,
-                                error=f"no connection after {attempt} attempts (retry budget {self.policy.budget})")
+                                error=f"no usable connection after {attempt} attempts (retry budget "
+                                      f"{self.policy.budget}); last: {why}")
                 return False
             delay = self.policy.delay(attempt)
             if self.stats.state != "reconnecting":
-                self._set_state("reconnecting", reason="cannot connect", level=logging.WARNING)
-            log.warning("source %s: cannot connect (attempt %d); next try in %.1f s", self.name, attempt, delay,
+                self._set_state("reconnecting", reason=why, level=logging.WARNING)
+            log.warning("source %s: %s (attempt %d); next try in %.1f s", self.name, why, attempt, delay,
                         extra={"source": self.name, "attempt": attempt})
             self._stop.wait(delay)
         return False
@@ -208,6 +244,11 @@ class CameraSource(_LiveCapture):
             self.cap = None
             raise ConnectionError(f"cannot open camera {self.target}: check that it is connected and not used "
                                   "by another program (ls /dev/video*)")
+        problem = self._oversized(self.cap)
+        if problem:
+            self.cap.release()
+            self.cap = None
+            raise ConnectionError(f"camera {self.target} {problem}")
         self._set_state("connected")
 
 
@@ -215,10 +256,12 @@ class NetworkSource(_LiveCapture):
     """An RTSP/HTTP(S)/RTMP URL through FFmpeg, or a GStreamer pipeline (`... ! appsink`), with open
     and read time-outs so a silent server is noticed. It connects on its reader thread, so a camera
     that is down at start is retried instead of stopping the other sources. Credentials in the URL
-    appear nowhere: the source's name is the redacted URL."""
+    appear nowhere: the source's name is the URL with its userinfo and every query value hidden
+    (`edge_ad.logs.redact_source_url`). On each (re)connection the frame size the stream declares is
+    checked against the pixel limit before a frame is decoded; an oversized stream is a failed attempt."""
 
     def __init__(self, url: str, *, reconnect: Reconnect | None = None) -> None:
-        super().__init__(url, redact(url), reconnect=reconnect)
+        super().__init__(url, redact_source_url(escape_controls(url)), reconnect=reconnect)
         self._open_msec = int(self.policy.timeout * 1000)
 
     def _capture(self) -> cv2.VideoCapture:
@@ -232,3 +275,9 @@ def frame_rate(cap: cv2.VideoCapture, default: float = 25.0) -> float:
     """The capture's frame rate, or `default` when it does not say."""
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     return fps if np.isfinite(fps) and 0 < fps < 1000 else default
+
+
+def _dimension(cap: cv2.VideoCapture, prop: int) -> int:
+    """A frame dimension the capture declares (0 when it does not say, or says nonsense)."""
+    value = float(cap.get(prop) or 0.0)
+    return int(value) if math.isfinite(value) and value > 0 else 0

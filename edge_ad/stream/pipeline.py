@@ -413,14 +413,21 @@ def _text(err: BaseException | None) -> str:
     """An error as one line of text for logs, events and the summary: redacted, control characters escaped."""
     if err is None:
         return ""
-    return escape_controls(redact(str(err) or type(err).__name__))
+    return redact(escape_controls(str(err) or type(err).__name__))
 
 
 def _unique(sources: list[Source]) -> list[Source]:
-    """Give sources with the same name (two cameras on one URL, two folders called `images`) #2, #3."""
-    seen: dict[str, int] = {}
+    """Give sources with the same name (two cameras on one URL, two folders called `images`) #2, #3, ...:
+    every name is distinct afterwards, whatever the inputs. A name as given is kept by its first holder;
+    a repeat gets the lowest `name#k` that no source has or was given (so `cam`, `cam`, `cam#2` become
+    `cam`, `cam#3`, `cam#2`, not two `cam#2`)."""
+    given = {source.name for source in sources}
+    taken: set[str] = set()
     for source in sources:
-        seen[source.name] = seen.get(source.name, 0) + 1
-        if seen[source.name] > 1:
-            source.name = f"{source.name}#{seen[source.name]}"
+        if source.name in taken:
+            k = 2
+            while f"{source.name}#{k}" in taken or f"{source.name}#{k}" in given:
+                k += 1
+            source.name = f"{source.name}#{k}"
+        taken.add(source.name)
     return sources

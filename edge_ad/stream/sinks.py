@@ -10,12 +10,15 @@ Snapshots of anomalous frames are in `snapshots.py`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import stat
 import time
 from collections import deque
 from pathlib import Path
@@ -23,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_ad.logs import redact
+from edge_ad.logs import redact_value
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,30 @@ def to_json(value) -> str:
     return json.dumps(_jsonable(value), allow_nan=False)
 
 
+def redacted_json(value) -> str:
+    """`to_json` of `value` with every string in it redacted first (`redact_value`): the text is never
+    redacted after serialising, so no string a user controls (a file named `token=".png`) can cut the
+    line open, and no object is replaced because its key looked like a credential's."""
+    return json.dumps(redact_value(_jsonable(value)), allow_nan=False)
+
+
+class InUseError(BlockingIOError):
+    """An output (events file, snapshot folder) that another writer holds: refused, never shared."""
+
+
+def lock_exclusive(fd: int, what: str) -> None:
+    """Hold an exclusive flock on `fd` for as long as it stays open; InUseError when another writer
+    (another stream, in this process or another) holds it. Released by the kernel when the fd closes,
+    so a killed stream never leaves a stale lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InUseError(errno.EWOULDBLOCK, f"{what} is in use by another edge-ad stream (it holds its lock); give "
+                                            "each stream its own, or stop the other one first") from None
+    except OSError as err:                   # a file system without flock (some network mounts): say so, go on
+        log.warning("cannot lock %s (%s); make sure no other stream writes it", what, err.strerror or err)
+
+
 def _jsonable(value):
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -104,7 +131,10 @@ class EventsSink:
     last complete line, the error says "no space left on DIR", and once writing works again an
     `events_lost` line says how many lines are missing. Values are strict JSON (NaN/inf -> null).
     An existing file is appended to only if it is an events file (its first line is an event); an
-    incomplete last line left by an earlier run that was cut off is removed first."""
+    incomplete last line left by an earlier run that was cut off is removed first. One writer only: the
+    file is flock'ed for the sink's life, and a second EventsSink on it (this process or another) gets
+    InUseError, so two streams can never cut each other's lines. Every string of an event is redacted
+    before the line is serialised (`redacted_json`), so the line stays one valid JSON object."""
 
     def __init__(self, path: str | Path, *, frames: str = "anomalous", fsync: bool = False) -> None:
         if frames not in ("anomalous", "all"):
@@ -117,6 +147,8 @@ class EventsSink:
         self.frames, self.fsync = frames, fsync
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
+            if stat.S_ISREG(os.fstat(self._fd).st_mode):    # (a pipe or /dev/stdout is not a shared file)
+                lock_exclusive(self._fd, f"events file {self.path}")   # before the repair: it may cut the file
             self._repair()
         except BaseException:
             os.close(self._fd)
@@ -158,10 +190,10 @@ class EventsSink:
         self._line(event)
 
     def _line(self, event: dict) -> None:
-        data = (redact(to_json(event)) + "\n").encode()
+        data = (redacted_json(event) + "\n").encode()
         if self.lost:
             gap = {"event": "events_lost", "time": time.time(), "lines": self.lost, "reason": self._lost_reason}
-            data = (to_json(gap) + "\n").encode() + data
+            data = (redacted_json(gap) + "\n").encode() + data
         try:
             append_whole(self._fd, data)
             if self.fsync:
@@ -199,34 +231,128 @@ def _last_line_end(f, size: int) -> int:
 
 class VideoSink:
     """The frames with the heatmap overlaid and the decision written on them. With several sources,
-    one file per source: `out.mp4` -> `out.<source>.mp4`. Frames are resized to the first one's size."""
+    one file per source: `out.mp4` -> `out.<source>.mp4`. Frames are resized to the first one's size.
 
-    def __init__(self, path: str | Path, fps: float = 15.0, codec: str = "mp4v") -> None:
+    `overwrite=False` refuses a video file that exists already (FileExistsError from `plan`, which the
+    CLI calls before streaming, and again, atomically, when the file is created). OpenCV's writer fails
+    silently on a full disk, so the free space of the folder is checked (at most every `space_check_s`
+    seconds) against a reserve -- `reserve_mb`, two raw frames, and room for the file's index -- and when
+    it runs out the videos are finished and this sink stops, saying "no space left on DIR" (the stream
+    goes on). On close, each file is checked to exist and to open with the frames it should have."""
+
+    def __init__(self, path: str | Path, fps: float = 15.0, codec: str = "mp4v", *, overwrite: bool = True,
+                 reserve_mb: float = 4.0, space_check_s: float = 1.0) -> None:
+        for what, value in (("fps", fps), ("reserve_mb", reserve_mb), ("space_check_s", space_check_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (what == "fps" and not 0 < value <= 1000):
+                raise ValueError(f"video {what} must be a finite number >= 0 (fps: 0 < fps <= 1000), got {value!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fps, self.codec = fps, codec
+        self.fps, self.codec, self.overwrite = fps, codec, overwrite
+        self.reserve = int(reserve_mb * 1e6)
+        self.space_check_s = space_check_s
         self.writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
         self.per_source = False
+        self.paths: dict[str, Path] = {}            # source -> its video file
+        self._locks: dict[str, int] = {}            # source -> an fd holding the flock on its file
+        self.frames: dict[str, int] = {}            # source -> frames written
+        self.stopped = ""                           # why writing stopped ("" while it writes)
+        self.problems: list[str] = []               # files found missing or unreadable on close
         self._paths: set[Path] = set()
+        self._next_check = 0.0
+        self._events: list[dict] = []
+
+    def plan(self, sources: list[str]) -> dict[str, Path]:
+        """The file of each source (`out.mp4`, or `out.<source>.mp4` with several); FileExistsError when
+        one exists and `overwrite` is False."""
+        if not self.paths:
+            self.per_source = len(sources) > 1
+            for source in sources:
+                self.paths[source] = self._path_for(source)
+        if not self.overwrite:
+            taken = [str(p) for p in self.paths.values() if os.path.lexists(p)]
+            if taken:
+                raise FileExistsError(errno.EEXIST, f"video {', '.join(taken)} exists already; give another --video "
+                                                    "file, or --overwrite-video to replace it")
+        return dict(self.paths)
 
     def event(self, event: dict) -> None:
         if event.get("event") == "start":
-            self.per_source = len(event.get("sources", [])) > 1
+            try:
+                self.plan([str(s) for s in event.get("sources", [])])
+            except FileExistsError as err:
+                self.stopped = str(err.strerror or err)     # said once; the frames are not written
+                raise
+
+    def take_events(self) -> list[dict]:
+        """A `video_stopped` event when the disk filled (for the events file)."""
+        events, self._events = self._events, []
+        return events
 
     def write(self, item) -> None:
+        if self.stopped:
+            return
         frame = _overlay(item)
+        if not self._room(frame):
+            return
         source = item.frame.source
         if source not in self.writers:
-            path = self._path_for(source)
-            h, w = frame.shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
-            if not writer.isOpened():
-                raise IOError(f"cannot write video {path} with codec {self.codec}")
-            self.writers[source] = (writer, (w, h))
+            try:
+                self.writers[source] = self._open(source, frame)
+            except (FileExistsError, InUseError) as err:    # said once; this sink writes nothing more
+                self.stopped = str(err.strerror or err)
+                self._release()
+                raise
         writer, size = self.writers[source]
         if (frame.shape[1], frame.shape[0]) != size:
             frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
         writer.write(frame)
+        self.frames[source] = self.frames.get(source, 0) + 1
+
+    def _open(self, source: str, frame: np.ndarray) -> tuple[cv2.VideoWriter, tuple[int, int]]:
+        """A writer for `source`'s file; an existing file is refused (atomically) unless `overwrite`."""
+        path = self.paths.get(source) or self.paths.setdefault(source, self._path_for(source))
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | (0 if self.overwrite else os.O_EXCL)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, f"video {path} exists already (written by someone else "
+                                                "meanwhile?); not replacing it") from None
+        try:
+            lock_exclusive(fd, f"video {path}")             # two streams never write one video file
+        except BaseException:
+            os.close(fd)
+            raise
+        self._locks[source] = fd
+        h, w = frame.shape[:2]
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
+        if not writer.isOpened():
+            raise IOError(f"cannot write video {path} with codec {self.codec}")
+        self.frames.setdefault(source, 0)
+        return writer, (w, h)
+
+    def _room(self, frame: np.ndarray) -> bool:
+        """Whether the folder still has room for more video; on running out, finish the files and stop."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return True
+        self._next_check = now + self.space_check_s
+        folder = self.path.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return True                               # cannot tell: go on (the check on close still runs)
+        need = max(self.reserve, 2 * frame.nbytes, 64 * sum(self.frames.values()))
+        if free >= need:
+            return True
+        self.stopped = (f"no space left on {folder} ({free / 1e6:.1f} MB free, {need / 1e6:.1f} MB kept in "
+                        "reserve): the annotated video stops here; the stream goes on")
+        log.error("video %s: %s", self.path, self.stopped)
+        self._events.append({"event": "video_stopped", "time": time.time(), "video": str(self.path),
+                             "reason": self.stopped,      # per source as a list: a name is never a key of a number
+                             "frames": [{"source": name, "frames": n} for name, n in self.frames.items()]})
+        self._release()
+        return False
 
     def _path_for(self, source: str) -> Path:
         """`out.<source>.mp4` (the source's own extension dropped), distinct for every source of this sink."""
@@ -240,9 +366,42 @@ class VideoSink:
         self._paths.add(path)
         return path
 
-    def close(self) -> None:
-        for writer, _ in self.writers.values():
+    def _release(self) -> None:
+        """Finish every file, then check each one is there and opens with frames (a full disk or a write
+        error that OpenCV kept to itself shows here); problems are logged and kept in `problems`."""
+        writers, self.writers = self.writers, {}
+        for writer, _ in writers.values():
             writer.release()
+        locks, self._locks = self._locks, {}
+        for fd in locks.values():
+            os.close(fd)
+        for source in writers:
+            problem = _video_problem(self.paths[source], self.frames.get(source, 0))
+            if problem:
+                self.problems.append(problem)
+                log.error("video %s", problem)
+
+    def close(self) -> None:
+        self._release()
+
+
+def _video_problem(path: Path, frames: int) -> str:
+    """Why the video at `path` is not a readable file with frames ("" when it is)."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return f"{path} was not written ({err.strerror or err})"
+    if frames and size < 64:
+        return f"{path} is incomplete ({size} bytes for {frames} frames): was the disk full?"
+    if frames:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            ok = cap.isOpened() and cap.grab()
+        finally:
+            cap.release()
+        if not ok:
+            return f"{path} cannot be read back ({size} bytes for {frames} frames): was the disk full?"
+    return ""
 
 
 class WindowSink:

@@ -11,6 +11,10 @@ counts it against the budget. Nothing else in the folder is listed, counted or d
 folder is searched: the only directories it looks into are the per-source folders it wrote to, and
 there only for its own `.partial` files left by a run that was killed.
 
+One stream per folder: the sink holds an flock on the folder for its life, and a second SnapshotSink on
+it (this process or another) gets InUseError -- its clean-up of partial files and its manifest rewrite
+would otherwise undo the first one's work in flight. The budget is at most MAX_BUDGET_MB (1e9 MB).
+
 A full disk: the pair's partial files are removed, the error says "no space left on DIR" (logged
 once, then at most once a minute with a count), new snapshots are paused for a few seconds (the
 events of those frames say `"snapshot": null` with `snapshot_error`), and a snapshot already named
@@ -34,12 +38,13 @@ from pathlib import Path
 import cv2
 
 from edge_ad.logs import Throttle
-from edge_ad.stream.sinks import DISK_FULL, _overlay, append_whole, disk_error, safe_name, to_json
+from edge_ad.stream.sinks import DISK_FULL, _overlay, append_whole, disk_error, lock_exclusive, safe_name, to_json
 
 log = logging.getLogger(__name__)
 
 MANIFEST = ".edge_ad-snapshots"
 PAUSE_S = (2.0, 60.0)                   # after a failed write: the first pause, and the cap as failures go on
+MAX_BUDGET_MB = 1e9                     # a petabyte: a larger budget is a typo (or 1e308), refused
 _NAME = r"\d{8}-\d{6}_f\d{9}(?:-\d{1,3})?(?:_heatmap)?\.jpg"
 _FILE = re.compile(rf"^{_NAME}$")
 _PARTIAL = re.compile(rf"^\.{_NAME}\.partial$")
@@ -54,14 +59,36 @@ class SnapshotSink:
     `snapshot_error` when it will not be written)."""
 
     def __init__(self, folder: str | Path, *, budget_mb: float = 500.0, quality: int = 90, queue_size: int = 16) -> None:
-        if not isinstance(budget_mb, (int, float)) or not math.isfinite(budget_mb) or budget_mb <= 0:
-            raise ValueError(f"snapshot budget must be a number of MB > 0, got {budget_mb}")
-        if not isinstance(quality, int) or not 0 <= quality <= 100:
+        if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or not math.isfinite(budget_mb) \
+                or not 0 < budget_mb <= MAX_BUDGET_MB:
+            raise ValueError(f"snapshot budget must be a number of MB > 0 and <= {MAX_BUDGET_MB:g}, got {budget_mb!r}")
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100:
             raise ValueError(f"snapshot JPEG quality must be 0..100, got {quality!r}")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or not 1 <= queue_size <= 10_000:
+            raise ValueError(f"snapshot queue_size must be 1..10000 (0 would be unbounded), got {queue_size!r}")
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"snapshot folder {self.folder} is a file; give a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = self._lock_folder()
+        try:
+            self._setup(budget_mb, quality, queue_size)
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def _lock_folder(self) -> int:
+        """An fd on the folder holding an exclusive flock for the sink's life: a second stream on the same
+        folder is refused (its clean-up of partial files and its manifest rewrites would undo this one's)."""
+        fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+        try:
+            lock_exclusive(fd, f"snapshot folder {self.folder}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _setup(self, budget_mb: float, quality: int, queue_size: int) -> None:
         self.budget = int(budget_mb * 1e6)
         self.quality = quality
         self.written = self.skipped = self.deleted = self.failed = 0
@@ -371,3 +398,6 @@ class SnapshotSink:
         if self._manifest >= 0:
             os.close(self._manifest)
             self._manifest = -1
+        if self._lock >= 0:
+            os.close(self._lock)                       # releases the folder for another stream
+            self._lock = -1

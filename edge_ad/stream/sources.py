@@ -54,7 +54,9 @@ class Source(ABC):
     color = "BGR"
 
     def __init__(self, name: str, *, buffer: int = 4, max_pixels: int | None = None) -> None:
-        self.name = escape_controls(redact(str(name)))  # no secret, and no newline to forge a log or event line
+        # no newline to forge a log or event line, and no secret (escaped first: a control character inside
+        # a password must not end the URL token that redaction hides)
+        self.name = redact(escape_controls(str(name)))
         self.max_pixels = max_pixels                   # None: $EDGE_AD_MAX_IMAGE_PIXELS or the default
         self._limit = max_image_pixels(max_pixels)
         self.stats = SourceStats()
@@ -83,7 +85,7 @@ class Source(ABC):
             if self.stats.state not in ENDED_STATES:
                 self._set_state("stopped" if self._stop.is_set() else "ended")
         except Exception as err:  # noqa: BLE001 - reported through stats, events and the log, never silent
-            message = escape_controls(redact(str(err) or type(err).__name__))
+            message = redact(escape_controls(str(err) or type(err).__name__))
             self.stats.errors.append(message)
             self._set_state("failed", error=message, level=logging.ERROR)
         finally:
@@ -161,7 +163,7 @@ class Source(ABC):
 
     def _corrupt(self, index: int, why: str) -> None:
         """Count and log a skipped frame (at most 20 lines per 10 s per source; the count is exact)."""
-        why = escape_controls(redact(why))
+        why = redact(escape_controls(why))
         self.stats.frames_corrupt += 1
         self.stats.last_skip = why
         self._skips(logging.WARNING, "source %s: frame %d skipped: %s", self.name, index, why,
@@ -383,7 +385,7 @@ def _open_source(spec, *, reconnect, realtime: bool, loop: bool, buffer: int) ->
             return ImageFileSource(path, buffer=buffer)
         if path.is_file():
             return VideoFileSource(path, realtime=realtime, loop=loop, buffer=buffer)
-        raise FileNotFoundError(f"source not found: {redact(text)} (a camera index, a video file, an image "
+        raise FileNotFoundError(f"source not found: {redact(escape_controls(text))} (a camera index, a video file, an image "
                                 "folder, or an rtsp:// / http:// URL)")
     if isinstance(spec, Iterable):
         return IterableSource(spec, buffer=buffer)

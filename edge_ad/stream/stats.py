@@ -25,7 +25,8 @@ class SourceStats:
     frames_read: int = 0
     frames_dropped: int = 0            # live sources: overwritten before the model took them
     frames_corrupt: int = 0            # skipped: could not be decoded or converted (or over the pixel limit)
-    frames_too_large: int = 0          # of those, images over the pixel limit (image bombs)
+    frames_too_large: int = 0          # of those, images over the pixel limit (image bombs); for live sources
+                                       # also each connection refused for the frame size it declared
     last_skip: str = ""                # why the last skipped frame was skipped
     failure: str | None = None         # why the source failed (state "failed")
     frames_converted: int = 0          # grayscale / 16-bit / 4-channel frames converted to 8-bit colour
