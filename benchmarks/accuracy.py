@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import cpu_name, environment, write_json
+from common import cpu_name, environment, read_results, write_json
 
 DEFAULT_CATEGORIES = "weave,washer,conveyor"
 UNIFIED = {"uniad"}
@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")      # the offline backbone; never wait on a hub
     from edge_ad.data.synthetic import Counts, make_category
 
+    results = read_results(args.json) if args.json else {}     # a damaged file is refused before hours of training
     work = Path(args.work)
     folders = [make_category(work / "data", c, counts=Counts(train=40, test_good=15, test_per_defect=6), seed=0)
                for c in args.categories.split(",")]
-    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     machine = f"CPU: {cpu_name()}, {os.cpu_count()} cores"
     for name in args.models.split(","):
         results[name] = run_model(name, folders, work)

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -61,7 +62,48 @@ def environment(packages: tuple[str, ...]) -> dict:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
+    """Write a results file atomically: a temporary of its own beside it, fsync, rename. A kill, a full
+    disk or a second benchmark writing at the same time leaves the old file or the new one, never a torn
+    one (the temporary is removed on failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    text = json.dumps(payload, indent=2) + "\n"            # serialized first: a bad payload writes nothing
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(name, 0o666 & ~_umask())                  # as a plain write would (mkstemp makes 0600)
+        os.replace(name, path)
+    except BaseException as err:
+        Path(name).unlink(missing_ok=True)
+        from edge_ad.bundle import disk_full_error, is_disk_full
+
+        if is_disk_full(err, path.parent):
+            raise disk_full_error(err, path.parent, f"writing {path.name}", f"the previous {path.name} is kept") from err
+        raise
     print(f"wrote {path}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def read_results(path: str | Path) -> dict:
+    """A results file written by write_json, {} when there is none. A file that is not a JSON object
+    (torn by an older, non-atomic writer, or edited) is refused with a message: it holds other
+    models' figures that a rewrite would lose."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise SystemExit(f"cannot read the results file {path} ({str(err)[:120]}): it is damaged (a torn write?). "
+                         f"Restore it (e.g. `git checkout -- {path}`) or move it away, then run again") from None
+    if not isinstance(results, dict):
+        raise SystemExit(f"the results file {path} is not a JSON object; restore it or move it away, then run again")
+    return results

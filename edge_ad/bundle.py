@@ -38,12 +38,12 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, BinaryIO, Callable, Iterator, NoReturn
 
 import edge_ad
 
-__all__ = ["BundleError", "Bundle", "FORMAT_VERSION", "add_file", "check_calibration", "check_name",
-           "read_bundle", "validate_meta", "write_bundle"]
+__all__ = ["BundleError", "Bundle", "DiskFullError", "FORMAT_VERSION", "add_file", "check_calibration", "check_name",
+           "disk_full_error", "is_disk_full", "read_bundle", "validate_meta", "write_bundle"]
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -53,6 +53,11 @@ MAX_SIDE = 16384                  # input, resize and crop sides, pixels
 MAX_OUTPUT_SIDE = 8192            # heat-map output sides: a float32 map of 8192 x 8192 is 256 MiB
 MAX_ELEMENTS = 1 << 24            # one image's raw map, latent or extra graph input
 MAX_BATCH = 4096
+MAX_SIGMA = 128.0                 # the kernels' longest filter: 1025 taps = 2 * int(4 * sigma + 0.5) + 1
+MAX_WINDOW = 1024                 # box smoothing window, pixels (within the same 1025 taps)
+MIN_MODEL_SIDE, MAX_MODEL_SIDE = 16, 4096   # config.image_size and resize_size, pixels
+MAX_RESIZE_RATIO = 4              # geometry.resize at most 4x the crop (every frame is resized to it)
+MAX_CONFIG_INT = 1 << 16          # any other whole number in config (widths, layers, steps); seeds excepted
 VERSIONS, CURRENT, LOCK, LOCK_FILE = ".versions", ".current", ".meta.lock", ".lock"
 VERSION_GRACE_S = 60.0            # a replaced version stays this long for readers that opened it
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -68,6 +73,65 @@ _READ_ATTEMPTS = 3
 
 class BundleError(ValueError):
     """A bundle that cannot be used as it is; the message names the file and the fix."""
+
+
+class DiskFullError(OSError):
+    """A write that failed for lack of space (ENOSPC/EDQUOT); the message names the folder and what was kept."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_WRITE_FAILED = re.compile(r"fail\w* (to )?writ|writ\w* fail", re.IGNORECASE)   # torch's C++ writer: no errno
+_NEARLY_FULL = 16 << 20
+
+
+def is_disk_full(err: BaseException, folder: str | Path | None = None) -> bool:
+    """True when `err`, or an error it wraps, is a full disk: an OSError with ENOSPC or EDQUOT, a library
+    error whose text is that OSError's ("No space left on device"), or (torch's zip writer says only
+    "file write failed") a failed write while `folder` has less than 16 MiB free."""
+    texts = tuple(os.strerror(code) for code in _DISK_FULL)
+    seen: set[int] = set()
+    write_failed = False
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return True
+        text = str(err)
+        if any(t in text for t in texts):
+            return True
+        write_failed = write_failed or bool(_WRITE_FAILED.search(text))
+        err = err.__cause__ or err.__context__
+    if write_failed and folder is not None:
+        try:
+            return shutil.disk_usage(folder).free < _NEARLY_FULL
+        except OSError:
+            return False
+    return False
+
+
+def disk_full_error(err: BaseException, folder: Path, what: str, kept: str) -> DiskFullError:
+    """The DiskFullError for `err`: "no space left on FOLDER while WHAT (N MB free); KEPT. Free some space..."
+    FOLDER is where the failed write was (never a temporary's name): the folder of the file the error
+    names when that lies elsewhere, else `folder`."""
+    where = Path(folder).resolve()
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        name = getattr(err, "filename", None)
+        if isinstance(name, (str, bytes, os.PathLike)):
+            file = Path(os.fsdecode(name)).resolve()
+            if where != file.parent and where not in file.parents:
+                where = file.parent
+            break
+        err = err.__cause__ or err.__context__
+    try:
+        free = f"{shutil.disk_usage(where).free / 2**20:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"no space left on {where} while {what} ({free}); {kept}. Free some space "
+                                       "there, then run the command again")
 
 
 @dataclass(frozen=True)
@@ -105,22 +169,48 @@ def write_bundle(out: str | Path, meta: dict, fill: Callable[[Path], None], *, o
     out.parent.mkdir(parents=True, exist_ok=True)
     legacy = _preflight(out, overwrite)
     existed = os.path.lexists(out)                                   # then this is an overwrite
-    with _export_lock(out) if existed else nullcontext():
-        _clean_stale(out)
-        work, held = _make_partial(out)
-        try:
-            content = work / "content"
-            content.mkdir()
-            fill(content)
-            full = _seal(content, meta, out)
-            if existed:
-                root = _commit_version(out, content, legacy)
-            else:
-                root = _commit_new(out, work, content, overwrite)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            os.close(held)
+    before = _current_target(out)
+    try:
+        with _export_lock(out) if existed else nullcontext():
+            _clean_stale(out)
+            work, held = _make_partial(out)
+            try:
+                content = work / "content"
+                content.mkdir()
+                fill(content)
+                full = _seal(content, meta, out)
+                if existed:
+                    root = _commit_version(out, content, legacy)
+                else:
+                    root = _commit_new(out, work, content, overwrite)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)          # the temporary goes, whatever happened
+                os.close(held)
+    except Exception as err:                                          # a Ctrl-C stays a Ctrl-C
+        if not is_disk_full(err, out.parent):
+            raise
+        raise disk_full_error(err, out.parent, f"exporting the bundle {out}", _what_was_kept(out, existed, before)) \
+            from err
     return Bundle(out, full, root)
+
+
+def _current_target(out: Path) -> str | None:
+    """Where `out/.current` points (the committed version), None for a plain or missing bundle."""
+    try:
+        return os.readlink(out / CURRENT)
+    except OSError:
+        return None
+
+
+def _what_was_kept(out: Path, existed: bool, before: str | None) -> str:
+    """After a failed export: what is on disk now, said truthfully (the commit may have happened)."""
+    if not existed:
+        return f"nothing was written (no {out.name} and no temporary left)" if not os.path.lexists(out) else \
+            f"{out} was committed, but its top-level links may be incomplete: export again with --overwrite"
+    if _current_target(out) == before:
+        return f"the previous bundle {out} is kept unchanged and the temporary was removed"
+    return (f"the new version of {out} was committed but its top-level links may be incomplete: export again "
+            "with --overwrite")
 
 
 def _preflight(out: Path, overwrite: bool) -> set[str] | None:
@@ -157,9 +247,16 @@ def _seal(content: Path, meta: dict, out: Path) -> dict:
     full = json.loads(json.dumps(full))              # validated as a reader will see it (tuples become lists)
     validate_meta(full, str(out))
     full = _strict_json(full)
-    (content / META).write_text(json.dumps(full, indent=2, allow_nan=False) + "\n")
+    with _open_for_write(content / META) as f:
+        f.write((json.dumps(full, indent=2, allow_nan=False) + "\n").encode("utf-8"))
     _fsync_tree(content)
     return full
+
+
+def _open_for_write(path: Path) -> BinaryIO:
+    """The write layer of the files this module writes itself (meta.json, added engines): a plain
+    buffered file; tests replace it to simulate a full disk."""
+    return open(path, "wb")
 
 
 def _commit_new(out: Path, work: Path, content: Path, overwrite: bool) -> Path:
@@ -638,10 +735,11 @@ def validate_meta(meta: Any, where: str) -> None:
     s = _Schema(where)
     meta = s.obj(meta, "(the whole file)")
     check_name(meta.get("model"), "model", where)
-    s.obj(meta.get("config", {}), "config")
+    config = s.obj(meta.get("config", {}), "config")
     if not isinstance(meta.get("edge_ad_version", ""), str):
         s.fail("edge_ad_version", f"must be a string, got {_show(meta.get('edge_ad_version'))}")
     _check_input_and_geometry(s, meta)
+    _check_config(s, config, meta)
     _check_outputs(s, meta.get("outputs"))
     _check_heatmap(s, s.obj(meta.get("heatmap"), "heatmap"))
     check_calibration(meta.get("calibration"), where)
@@ -664,9 +762,58 @@ def _check_input_and_geometry(s: _Schema, meta: dict) -> None:
     crop = s.sides(geometry.get("crop"), "geometry.crop", MAX_SIDE)
     if crop[0] > resize[0] or crop[1] > resize[1]:
         s.fail("geometry.crop", f"{list(crop)} must fit inside geometry.resize {list(resize)}")
+    if resize[0] > MAX_RESIZE_RATIO * crop[0] or resize[1] > MAX_RESIZE_RATIO * crop[1]:
+        s.fail("geometry.resize", f"{list(resize)} is over {MAX_RESIZE_RATIO} times the crop {list(crop)}: every frame "
+               "would be resized to that size first (memory per frame) for a crop of a small part of it")
     if crop != (height, width):
         s.fail("geometry.crop", f"{list(crop)} differs from the graph's input {height}x{width} (input.height, "
                "input.width)")
+
+
+def _check_config(s: _Schema, config: dict, meta: dict) -> None:
+    """The model's construction arguments (the torch backend builds the model from them): plain JSON
+    values of bounded size, and the sizes the model allocates for agree with the graph's geometry, so
+    a tampered image_size cannot make a loader allocate huge tensors."""
+    _check_config_value(s, config, "config", 0)
+    for key, other in (("image_size", "input"), ("resize_size", "geometry.resize")):
+        if key not in config:
+            continue
+        side = s.integer(config[key], f"config.{key}", MIN_MODEL_SIDE, MAX_MODEL_SIDE)
+        if key == "image_size":
+            want = (meta["input"]["height"], meta["input"]["width"])
+        else:
+            want = tuple(meta["geometry"]["resize"])
+        if (side, side) != want:
+            s.fail(f"config.{key}", f"is {side}, but the bundle's {other} is {want[0]}x{want[1]}: the model would not "
+                   "be the graph's")
+
+
+def _check_config_value(s: _Schema, value: Any, name: str, depth: int) -> None:
+    """Numbers finite and bounded (seeds excepted), strings short, lists and objects small and shallow."""
+    if depth > 4:
+        s.fail(name, "is nested too deeply for a model argument")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        low, high = (0, 2**63 - 1) if name.endswith("seed") else (-MAX_CONFIG_INT, MAX_CONFIG_INT)
+        s.integer(value, name, low, high)
+    elif isinstance(value, float):
+        s.number(value, name, -1e12, 1e12)
+    elif isinstance(value, str):
+        if len(value) > 256 or not value.isprintable():
+            s.fail(name, f"must be a short printable string, got {_show(value)}")
+    elif isinstance(value, list):
+        if len(value) > 64:
+            s.fail(name, f"has {len(value)} items, over 64")
+        for i, item in enumerate(value):
+            _check_config_value(s, item, f"{name}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        if len(value) > 256:
+            s.fail(name, f"has {len(value)} keys, over 256")
+        for key, item in value.items():
+            _check_config_value(s, item, f"{name}.{key}", depth + 1)
+    else:
+        s.fail(name, f"must be a JSON value, got {_show(value)}")
 
 
 def _check_outputs(s: _Schema, outputs: Any) -> None:
@@ -685,9 +832,11 @@ def _check_heatmap(s: _Schema, spec: dict) -> None:
             s.fail(f"heatmap.{key}", "is missing")
     s.sides(spec.get("output_size"), "heatmap.output_size", MAX_OUTPUT_SIDE)
     smooth = s.choice(spec.get("smooth"), "heatmap.smooth", ("gaussian", "box", "none"))
-    s.number(spec.get("sigma"), "heatmap.sigma", 0.0, 256.0)
+    sigma = s.number(spec.get("sigma"), "heatmap.sigma", 0.0, MAX_SIGMA)
+    if smooth == "gaussian" and not sigma > 0:       # the kernels refuse it: every frame would fail
+        s.fail("heatmap.sigma", f"must be > 0 for gaussian smoothing, got {sigma}")
     if spec.get("window") is not None or smooth == "box":
-        s.integer(spec.get("window"), "heatmap.window", 1, 1024)
+        s.integer(spec.get("window"), "heatmap.window", 1, MAX_WINDOW)
     s.choice(spec.get("align_corners"), "heatmap.align_corners", (False, True))
     s.choice(spec.get("score_from"), "heatmap.score_from", ("smoothed", "raw"))
 
@@ -775,9 +924,9 @@ def _check_graph_inputs(s: _Schema, graph_inputs: dict) -> None:
         check_name(name, "graph_inputs (a key)", s.where)
         spec = s.obj(spec, f"graph_inputs[{name!r}]")
         s.shape(spec.get("shape"), f"graph_inputs[{name!r}].shape", batch=False)
-        for key in ("dtype", "distribution"):
-            if not isinstance(spec.get(key, ""), str):
-                s.fail(f"graph_inputs[{name!r}].{key}", f"must be a string, got {_show(spec.get(key))}")
+        s.choice(spec.get("dtype"), f"graph_inputs[{name!r}].dtype", ("float32",))   # what seeded_inputs makes
+        s.choice(spec.get("distribution", "standard_normal"), f"graph_inputs[{name!r}].distribution",
+                 ("standard_normal",))
         s.integer(spec.get("seed"), f"graph_inputs[{name!r}].seed", 0, 2**63 - 1)
 
 
@@ -814,6 +963,16 @@ def add_file(bundle: Bundle, name: str, data: bytes, meta_update: Callable[[dict
     builders and a kill at any moment leave a readable bundle. It goes into the version that was
     read (`bundle.root`). Raises OSError when the bundle is read-only (the caller then keeps the
     file elsewhere)."""
+    try:
+        return _add_file(bundle, name, data, meta_update)
+    except OSError as err:
+        if not is_disk_full(err, bundle.root):
+            raise
+        raise disk_full_error(err, bundle.root, f"adding {name} to the bundle {bundle.path}",
+                              f"the bundle is kept as it was (without {name}) and the temporary was removed") from err
+
+
+def _add_file(bundle: Bundle, name: str, data: bytes, meta_update: Callable[[dict], None]) -> Bundle:
     root = bundle.root
     target = bundle.file(name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -848,7 +1007,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        with _open_for_write(Path(tmp)) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

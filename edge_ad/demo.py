@@ -3,6 +3,12 @@
 synthetic conveyor category + video -> train SimpleNet (offline EfficientNet-Lite0 backbone, a short
 budget) -> export the bundle -> ONNX Runtime -> stream the video -> annotated mp4, events.jsonl and
 summary.json under the output folder.
+
+The output folder is the demo's own: it writes (and replaces on the next run) data/, run/, bundle/,
+events.jsonl, annotated.mp4 and summary.json there. So that it never replaces files it did not write,
+a folder that already holds anything is used only when it carries the demo's marker file (`.edge_ad-demo`,
+written when the demo takes the folder), or is recognisably an earlier demo's output (only the demo's
+names, with its summary.json), or when `overwrite=True` is given.
 """
 
 from __future__ import annotations
@@ -19,9 +25,48 @@ from edge_ad.metrics import image_auroc
 
 EPOCHS = 45          # 225 optimizer steps of batch 8 on 36 training images: about 4.5 min on 2 cores
 IMAGE_SIZE = 224     # the paper's 256 -> 224 setting, faster on a CPU than the code's 329 -> 288
+MARKER = ".edge_ad-demo"
+OUTPUTS = ("data", "run", "bundle", "events.jsonl", "annotated.mp4", "summary.json")   # what a demo writes
+_SUMMARY_KEYS = {"model", "budget", "video_frame_auroc", "model_fps", "stream_fps"}
 
 
-def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_frames: int = 300) -> dict:
+class DemoOutError(ValueError):
+    """--out is not a folder the demo may write into; the message says why and what to do."""
+
+
+def claim_out(out: Path, *, overwrite: bool = False) -> None:
+    """Make `out` the demo's folder (create it, write the marker), or refuse one that holds files the
+    demo did not write: every output of the demo replaces what is there under its name."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DemoOutError(f"--out {out} exists and is not a folder; choose a folder for the demo's outputs")
+    if out.is_dir() and not overwrite and not (out / MARKER).is_file() and any(out.iterdir()) \
+            and not _earlier_demo(out):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise DemoOutError(f"--out {out} already holds files the demo did not write ({shown}); the demo replaces "
+                           f"{', '.join(OUTPUTS)} in its folder: choose an empty or new folder, or pass --overwrite "
+                           "to let it replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / MARKER
+    if not marker.is_file():
+        marker.write_text("edge_ad demo output folder: `edge-ad demo --out` may replace its files\n")
+
+
+def _earlier_demo(out: Path) -> bool:
+    """A folder written by a demo from before the marker: only the demo's names, and its summary.json."""
+    if not {p.name for p in out.iterdir()} <= set(OUTPUTS):
+        return False
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and _SUMMARY_KEYS <= set(summary)
+
+
+def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_frames: int = 300,
+        overwrite: bool = False) -> dict:
+    """The demo into `out` (see the module docstring: a folder of someone else's files is refused unless
+    `overwrite`); returns the summary also written to out/summary.json."""
     import edge_ad
     from edge_ad.stream import EventsSink, VideoSink
     from edge_ad.training.fit import write_text_atomic
@@ -29,6 +74,7 @@ def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_fram
     from export.bundle import export_run
 
     out = Path(out)
+    claim_out(out, overwrite=overwrite)
     epochs = EPOCHS if epochs is None else epochs
     start = time.perf_counter()
     data = make_category(out / "data", "conveyor", counts=Counts(train=40, test_good=15, test_per_defect=6), seed=seed)

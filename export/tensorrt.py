@@ -26,32 +26,49 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import tempfile
 import time
 from pathlib import Path
 
-from edge_ad.bundle import Bundle
+from edge_ad.bundle import MAX_BATCH, Bundle
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, store_engine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_engine", "build_and_store", "build_bundle_engines", "parse_batches", "WORKSPACE_BYTES"]
+__all__ = ["build_engine", "build_and_store", "build_bundle_engines", "check_batch", "parse_batches",
+           "save_timing_cache", "WORKSPACE_BYTES"]
 
 WORKSPACE_BYTES = 2 << 30            # 2 GiB: enough for these models' tactics, within an Orin Nano's 8 GB
+_BATCH = re.compile(r"[ ]*[0-9]{1,9}[ ]*(,[ ]*[0-9]{1,9}[ ]*){0,2}", re.ASCII)
 
 
 def parse_batches(text: str) -> tuple[int, int, int]:
-    """--batch: "N" (exactly N), "MIN,MAX" (optimized for MIN) or "MIN,OPT,MAX" -> (min, opt, max)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--batch takes 'N', 'MIN,MAX' or 'MIN,OPT,MAX', got {text!r}") from None
+    """--batch: "N" (exactly N), "MIN,MAX" (optimized for MIN) or "MIN,OPT,MAX" -> (min, opt, max), each a
+    plain decimal number with 1 <= MIN <= OPT <= MAX <= MAX_BATCH (what a bundle's meta.json may record)."""
+    if not isinstance(text, str) or not _BATCH.fullmatch(text):
+        raise ValueError(f"--batch takes 'N', 'MIN,MAX' or 'MIN,OPT,MAX' (whole numbers, e.g. 1,1,8), got {text!r}")
+    values = [int(v) for v in text.split(",")]
     if len(values) == 1:
         values = values * 3
     elif len(values) == 2:
         values = [values[0], values[0], values[1]]
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise ValueError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text!r}")
-    return values[0], values[1], values[2]
+    return check_batch((values[0], values[1], values[2]), text)
+
+
+def check_batch(batch: tuple[int, int, int], text: str | None = None) -> tuple[int, int, int]:
+    """A (min, opt, max) engine profile within 1 <= MIN <= OPT <= MAX <= MAX_BATCH; checked before any
+    build, since the bundle's schema refuses a larger profile (after minutes of building)."""
+    shown = text if text is not None else ",".join(map(str, batch)) if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in batch):
+        raise ValueError(f"--batch must be three whole numbers MIN,OPT,MAX, got {shown!r}")
+    if not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise ValueError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {shown!r}")
+    if batch[2] > MAX_BATCH:
+        raise ValueError(f"--batch {shown}: MAX {batch[2]} is over {MAX_BATCH}, the largest engine batch a bundle "
+                         f"records; a line PC batches one frame per camera: give e.g. 1,1,8")
+    return int(batch[0]), int(batch[1]), int(batch[2])
 
 
 def _parse(trt, logger, network, onnx_path: Path):
@@ -93,6 +110,7 @@ def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = 
                  dla_core: int | None = None) -> tuple[bytes, dict]:
     """Build a serialized FP16 engine; returns (plan, facts of the build). `typing`: "strong", "weak"
     or "auto" (strong where this TensorRT has STRONGLY_TYPED)."""
+    batch = check_batch(batch)
     import tensorrt as trt
 
     strong_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -128,13 +146,51 @@ def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = 
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}; see its log above")
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = timing_cache.with_suffix(".partial")
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        os.replace(tmp, timing_cache)
+        save_timing_cache(timing_cache, bytes(config.get_timing_cache().serialize()))
     facts = {"typing": typing, "opt_batch": batch[1], "build_s": round(time.perf_counter() - start, 1),
              "fp32_pinned_layers": pinned, "dla_core": dla_core, "workspace_bytes": workspace}
     return bytes(plan), facts
+
+
+def save_timing_cache(path: Path, data: bytes) -> bool:
+    """Replace the timing cache atomically through a temporary of its own (concurrent builds never share
+    one), removed on any failure. The cache only speeds up later builds: a failure to keep it (a full
+    disk, a read-only folder) is logged, not raised, since the engine itself was built; returns whether it was kept."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_caches(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        log.warning("could not keep the TensorRT timing cache %s (%s); the engine is fine, the next build will "
+                    "take longer", path, err.strerror or err)
+        return False
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _clean_stale_caches(path: Path, age_s: float = 3600.0) -> None:
+    """Remove temporaries of `path` that killed builds left: ours an hour old (a live write takes
+    milliseconds), and the fixed-name `.partial` of earlier versions."""
+    now = time.time()
+    for entry in [*path.parent.glob(f".{path.name}.*.partial"), path.with_suffix(".partial")]:
+        try:
+            if entry.is_file() and not entry.is_symlink() and now - entry.stat().st_mtime > age_s:
+                entry.unlink()
+        except OSError:
+            pass
 
 
 def _islands(bundle: Bundle, graph: str) -> list[str]:
@@ -173,6 +229,7 @@ def build_and_store(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], 
 def build_bundle_engines(bundle: Bundle, *, batch: tuple[int, int, int], typing: str = "auto",
                          dla_core: int | None = None) -> list[Path]:
     """`edge-ad export BUNDLE --engine`: one engine per FP16 graph of the bundle (four for DiffAD)."""
+    batch = check_batch(batch)                # before TensorRT is even looked for
     from edge_ad.runtime.tensorrt import tensorrt_missing
 
     reason = tensorrt_missing()

@@ -19,6 +19,11 @@ protobuf's text_format: names are escaped by the printer, never pasted into text
 becomes a folder, a file or a config field (model, tensors, compute capabilities) is checked first
 (`validate_meta`); nothing is written outside DIR. A model folder is replaced in one atomic exchange
 where the filesystem allows (renameat2), so Triton never sees half a model.
+
+Only model folders this export wrote are replaced: each carries `.edge_ad-triton.json`, a manifest of
+its files and their sha256. An existing folder without it (someone else's model, or one written by hand),
+or whose files differ from it (a hand-edited config.pbtxt, a version added), is refused with the
+differences named, unless `overwrite=True` (the CLI's --overwrite) says to replace it whole.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edge_ad.bundle import Bundle, BundleError, current_umask, validate_meta
+from edge_ad.bundle import Bundle, BundleError, current_umask, disk_full_error, is_disk_full, validate_meta
 from edge_ad.runtime.inputs import seeded_inputs
 from edge_ad.runtime.triton import model_names
 
@@ -46,6 +53,7 @@ __all__ = ["write_repository", "model_names", "model_config"]
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 MAX_BATCH = 4096
+MANIFEST = ".edge_ad-triton.json"       # in each model folder we write: its files and their sha256
 
 
 def _model_config_pb2():
@@ -114,13 +122,18 @@ def _check_options(max_batch: int, preferred: list[int] | None, delay_us: int, i
                                    ("instances", instances, 1, 256)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    if preferred is not None and (not isinstance(preferred, (list, tuple)) or
+                                  not all(isinstance(b, int) and not isinstance(b, bool) for b in preferred)):
+        raise ValueError(f"preferred must be a list of whole numbers (batch sizes), got {preferred!r}")
     return sorted({b for b in (preferred or [max(1, max_batch // 2), max_batch]) if 1 <= b <= max_batch})
 
 
 def write_repository(bundle: Bundle, out: str | Path, *, max_batch: int = 8, preferred: list[int] | None = None,
-                     delay_us: int = 2000, instances: int = 1) -> list[Path]:
+                     delay_us: int = 2000, instances: int = 1, overwrite: bool = False) -> list[Path]:
     """Write (or add to) a model repository; returns the model folders written. Each model folder is
-    written to a temporary folder inside the repository and swapped in whole."""
+    written to a temporary folder inside the repository and swapped in whole. An existing model folder
+    is replaced only when this export wrote it and nobody changed it since (its manifest), or with
+    `overwrite`; the check of every folder comes before anything is written."""
     validate_meta(bundle.meta, str(bundle.path))         # names become folders, files and config fields
     if bundle.meta.get("pipeline", {}).get("kind", "single") != "single":
         raise ValueError(f"{bundle.model_name} is a multi-graph diffusion bundle: its DDIM loop runs in edge_ad, "
@@ -130,14 +143,17 @@ def write_repository(bundle: Bundle, out: str | Path, *, max_batch: int = 8, pre
     out.mkdir(parents=True, exist_ok=True)
     names, written = model_names(bundle), []
     common = dict(max_batch=max_batch, preferred=preferred, delay_us=delay_us, instances=instances)
+    plans = _plans(bundle) if not bundle.meta.get("graph_inputs") else {}
+    if not overwrite:
+        for name in [names["onnx"], *([names["tensorrt"]] if plans else [])]:
+            check_replaceable(out / name)
 
     def onnx_model(tmp: Path) -> None:
         (tmp / "1").mkdir()
         _frozen_onnx(bundle, tmp / "1" / "model.onnx")
         (tmp / "config.pbtxt").write_text(model_config(names["onnx"], "onnxruntime_onnx", bundle, **common))
 
-    written.append(_write_model(out, names["onnx"], onnx_model))
-    plans = _plans(bundle) if not bundle.meta.get("graph_inputs") else {}
+    written.append(_write_model(out, names["onnx"], onnx_model, overwrite))
     if plans:
         def trt_model(tmp: Path) -> None:
             (tmp / "1").mkdir()
@@ -148,13 +164,59 @@ def write_repository(bundle: Bundle, out: str | Path, *, max_batch: int = 8, pre
             (tmp / "config.pbtxt").write_text(model_config(names["tensorrt"], "tensorrt_plan", bundle, plans=files,
                                                            **common))
 
-        written.append(_write_model(out, names["tensorrt"], trt_model))
+        written.append(_write_model(out, names["tensorrt"], trt_model, overwrite))
     return written
 
 
-def _write_model(repo: Path, name: str, fill: Callable[[Path], None]) -> Path:
+def check_replaceable(folder: Path) -> None:
+    """Refuse to replace `folder` unless it is absent or exactly what an export of ours wrote there
+    (its manifest lists every file, with the same sha256): a BundleError that names the difference."""
+    if not os.path.lexists(folder):
+        return
+    fix = f"move it away, write the repository elsewhere, or pass --overwrite (overwrite=True) to replace {folder} whole"
+    if folder.is_symlink() or not folder.is_dir() or not any(folder.iterdir()):
+        return                       # links and files: _write_model refuses them; an empty folder loses nothing
+    try:
+        listed = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        if not isinstance(listed, dict):
+            raise TypeError("files is not an object")
+    except FileNotFoundError:
+        raise BundleError(f"{folder} exists and edge_ad did not write it (no {MANIFEST}): it may be another model or "
+                          f"hand-made; refusing to replace it: {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{folder / MANIFEST} cannot be read ({str(err)[:120]}); refusing to replace {folder}: "
+                          f"{fix}") from None
+    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*")
+               if (p.is_file() or p.is_symlink()) and p.name != MANIFEST}
+    added = sorted(set(present) - set(listed))
+    missing = sorted(set(listed) - set(present))
+    changed = sorted(n for n in set(present) & set(listed)
+                     if present[n].is_symlink() or _file_sha256(present[n]) != listed[n])
+    if added or missing or changed:
+        what = "; ".join(f"{label}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                         for label, names in (("changed", changed), ("added", added), ("removed", missing)) if names)
+        raise BundleError(f"{folder} was changed since edge_ad wrote it ({what}); refusing to replace those "
+                          f"changes: {fix}")
+
+
+def _write_manifest(folder: Path) -> None:
+    """The manifest of a filled model folder: every file's sha256 (what a later export may replace)."""
+    files = {p.relative_to(folder).as_posix(): _file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"written_by": "edge_ad export --triton", "files": files}, indent=2) + "\n")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_model(repo: Path, name: str, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Fill a temporary folder in `repo` and swap it in as `repo/name`; one writer per model at a
-    time (a lock file), and the temporaries of a killed writer are removed first."""
+    time (a lock file), and the temporaries of a killed writer are removed first. An existing folder
+    must be ours and unchanged (checked again under the lock) unless `overwrite`."""
     target = repo / name
     if target.resolve().parent != repo.resolve() or target.is_symlink():
         raise BundleError(f"{target} is a link or leaves the repository {repo}; refusing to replace it: "
@@ -170,6 +232,9 @@ def _write_model(repo: Path, name: str, fill: Callable[[Path], None]) -> Path:
         try:
             os.chmod(tmp, 0o777 & ~current_umask())
             fill(tmp)
+            _write_manifest(tmp)
+            if not overwrite:
+                check_replaceable(target)
             if not target.exists():
                 os.rename(tmp, target)
             elif _exchange(tmp, target):
@@ -179,8 +244,12 @@ def _write_model(repo: Path, name: str, fill: Callable[[Path], None]) -> Path:
                 os.rename(target, aside / "old")
                 os.rename(tmp, target)
                 shutil.rmtree(aside)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, Exception) and is_disk_full(err, repo):
+                kept = "the previous model folder is kept unchanged" if target.exists() else "nothing was written"
+                raise disk_full_error(err, repo, f"writing the Triton model {target}",
+                                      f"{kept} and the temporary was removed") from err
             raise
     return target
 

@@ -151,10 +151,10 @@ def test_triton_model_folders_are_swapped_whole_and_follow_the_umask(bundle, tmp
     (repo / "toy_onnx" / "stale.txt").write_text("from an older export")
     old = os.umask(0o022)
     try:
-        (model,) = write_repository(read_bundle(bundle), repo)
+        (model,) = write_repository(read_bundle(bundle), repo, overwrite=True)   # a folder it did not write
     finally:
         os.umask(old)
-    assert sorted(p.name for p in model.iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in model.iterdir()) == [".edge_ad-triton.json", "1", "config.pbtxt"]
     assert not (repo / ".toy_onnx.abcdefgh.partial").exists()
     assert model.stat().st_mode & 0o777 == 0o755
 

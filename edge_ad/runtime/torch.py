@@ -25,7 +25,9 @@ from edge_ad.bundle import Bundle, BundleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchBackend"]
+__all__ = ["TorchBackend", "model_config"]
+
+MAX_UNRECORDED = 64           # perturbations / latent channels of a bundle that records no shape for them
 
 
 class TorchBackend:
@@ -37,7 +39,6 @@ class TorchBackend:
                  cuda_graph: bool = True, channels_last: bool = False, autotune: bool = False) -> None:
         import torch
 
-        from edge_ad.models import create_model
         from edge_ad.training.adapter import UInt8Input
 
         self.torch = torch
@@ -47,12 +48,17 @@ class TorchBackend:
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("backend 'torch-cuda' needs a CUDA build of torch and a GPU; use 'torch-cpu'")
         self.device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-        config = {**bundle.meta["config"], "pretrained": False}
+        config = model_config(bundle)
         if seed is not None:
             config["noise_seed"] = int(seed)
-        model = create_model(bundle.model_name, **config)
+        _check_model_size(torch, bundle, config)
+        model = _build(bundle, config)
         state = _load_weights(torch, bundle.file("checkpoint.pt"))
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise BundleError(f"{bundle.file('checkpoint.pt')} does not fit the model meta.json's config describes "
+                              f"({str(err).splitlines()[0][:200]}); re-export the bundle from its run") from err
         model.eval()
         self.diffusion = getattr(model, "PIPELINE", None) == "latent_ddim"
         if steps is not None and not self.diffusion:
@@ -141,6 +147,69 @@ class TorchBackend:
         self.staging.clear()
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
+
+
+def model_config(bundle: Bundle) -> dict:
+    """The constructor arguments of the bundle's model, from meta.json's config (its sizes already bounded
+    and matched to the graph by the schema): image_size is required, and `weights` (a file outside the
+    bundle, which no checksum covers) is refused; pretrained is always off (the checkpoint has the weights)."""
+    config = dict(bundle.meta.get("config") or {})
+    where = f"{bundle.path}: meta.json field config"
+    if "image_size" not in config:
+        raise BundleError(f"{where}.image_size is missing, so the model's input size is unknown; re-export the bundle "
+                          "with `edge-ad export RUN --out BUNDLE`")
+    if "weights" in config:
+        raise BundleError(f"{where}.weights names a file outside the bundle, which no checksum covers; refusing it: "
+                          "re-export the bundle (its checkpoint.pt has the weights)")
+    _check_buffers(bundle, config, where)
+    return {**config, "pretrained": False}
+
+
+def _check_buffers(bundle: Bundle, config: dict, where: str) -> None:
+    """The arguments that size a model's fixed per-image buffers (allocated while it is built, before any
+    size check could run) must be the sizes meta.json records for them, which the schema bounds: SPR's
+    `perturbations` (its noise input, graph_inputs) and DiffAD's `latent_channels` (pipeline.latent_shape)."""
+    shapes = [spec.get("shape") for spec in (bundle.meta.get("graph_inputs") or {}).values()]
+    latent = (bundle.meta.get("pipeline") or {}).get("latent_shape")
+    for key, recorded in (("perturbations", [s[0] for s in shapes if isinstance(s, list) and len(s) == 4]),
+                          ("latent_channels", [latent[0]] if isinstance(latent, list) and latent else [])):
+        if key in config and not (recorded and config[key] == recorded[0]) and \
+                not (not recorded and isinstance(config[key], int) and 1 <= config[key] <= MAX_UNRECORDED):
+            raise BundleError(f"{where}.{key} is {config[key]!r}, but the bundle records "
+                              f"{recorded[0] if recorded else 'no shape for it'}: the config was edited or damaged; "
+                              "re-export the bundle")
+
+
+def _build(bundle: Bundle, config: dict):
+    """create_model, its errors (an unknown option, a backbone timm does not know) as a BundleError."""
+    from edge_ad.models import create_model
+
+    try:
+        return create_model(bundle.model_name, **config)
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise BundleError(f"{bundle.path}: the model meta.json describes cannot be built ({str(err).splitlines()[0][:200]}); "
+                          "re-export the bundle from its run") from err
+
+
+def _check_model_size(torch, bundle: Bundle, config: dict) -> None:
+    """Build the model without memory (torch's meta device) and refuse it when its weights would be more
+    than twice the bytes of the checkpoint that must hold them: a tampered config (a huge width) is
+    caught before anything is allocated. Models that cannot be built that way are left to load_state_dict."""
+    checkpoint = bundle.file("checkpoint.pt")
+    try:
+        with torch.device("meta"):
+            model = _build(bundle, config)
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
+    except BundleError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a model whose construction needs real tensors
+        log.debug("size check on the meta device skipped for %s: %s", bundle.model_name, err)
+        return
+    have = checkpoint.stat().st_size
+    if weights > 2 * have + (1 << 20):
+        raise BundleError(f"{bundle.path}: meta.json's config describes a model with {weights / 2**20:.0f} MiB of "
+                          f"weights, but {checkpoint.name} has {have / 2**20:.0f} MiB: the config does not belong to "
+                          "this checkpoint (edited or damaged); refusing to build it: re-export the bundle")
 
 
 def _load_weights(torch, path: Path) -> dict:

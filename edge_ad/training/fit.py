@@ -9,6 +9,10 @@ epochs gives the same weights as N + M epochs in one go.
 Every file goes to disk through `write_atomic`: a temporary sibling, fsync, rename. A kill or a full
 disk at any moment leaves the previous file intact; a full disk is reported as "no space left on
 DIR" (`DiskFullError`) and its temporary is removed.
+
+A non-finite loss (or gradient norm, or weights) stops the training at once with a
+`TrainingDivergedError` naming the epoch and batch: the check comes before the optimizer step, so the
+last checkpoint (the last finite epoch) and the run.json that describes it are never replaced by NaN weights.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import logging
 import math
 import os
 import random
@@ -30,22 +33,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-log = logging.getLogger(__name__)
+from edge_ad.bundle import DiskFullError, is_disk_full   # one notion of a full disk, training and export
+
+__all__ = ["CHECKPOINT", "CheckpointError", "DiskFullError", "TrainingDivergedError", "capture_rng",
+           "clean_temporaries", "file_sha256", "fit", "is_disk_full", "load_checkpoint", "non_finite_weights",
+           "restore_rng", "save_checkpoint", "temporary_for", "write_atomic", "write_text_atomic"]
 
 CHECKPOINT = "checkpoint.pt"
 TEMP_SUFFIX = ".partial"            # temporaries are `.<name>.<pid>.partial` beside the file they become
 LEGACY_TEMPS = ("checkpoint.tmp",)  # what earlier versions left behind when killed mid-write
 
 
-class DiskFullError(OSError):
-    """A write that failed for lack of space (ENOSPC/EDQUOT); the message names the folder."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not belong to the run or the arguments."""
+
+
+class TrainingDivergedError(ValueError):
+    """The loss (or the weights) became NaN or infinite: training stopped before that step changed the
+    weights, and the last checkpoint (the last finite epoch) was kept. The message says where and what to try."""
 
 
 def _open_for_write(path: Path) -> BinaryIO:
@@ -106,18 +111,6 @@ def _writer_alive(pid_text: str) -> bool:
     return True
 
 
-def is_disk_full(err: BaseException) -> bool:
-    """True when `err`, or an error it wraps (torch wraps the OSError of a failed write in a
-    RuntimeError), is ENOSPC or EDQUOT."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def write_atomic(path: Path, write: Callable[[BinaryIO], Any], *, what: str | None = None) -> str:
     """Write `path` through `write(file)` into a temporary sibling, fsync it and rename it over `path`.
 
@@ -134,7 +127,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], Any], *, what: str | No
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if is_disk_full(err):
+        if is_disk_full(err, path.parent):
             free = _free_mb(path.parent)
             raise DiskFullError(errno.ENOSPC, f"no space left on {path.parent.resolve()} while writing "
                                 f"{what or path.name} ({free}); the previous {path.name} is kept unchanged. "
@@ -288,29 +281,73 @@ def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], tor
         model.train()
         total, count = 0.0, 0
         bar = tqdm(data, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-        for batch in bar:
+        for index, batch in enumerate(bar):
             images = batch["image"].to(device)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss = model.training_loss(inputs(images))
             loss.backward()
+            value = float(loss.detach())
+            if not math.isfinite(value):         # before the step: the weights are still the last finite ones
+                raise _diverged(f"the loss is {value}", run_dir, epoch, epochs, (index, _batches(data)))
             if clip:
-                torch.nn.utils.clip_grad_norm_(trainable, clip)
+                norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
+                if not math.isfinite(norm):
+                    raise _diverged(f"the gradient norm is {norm} (the loss was {value:.6g})", run_dir, epoch, epochs,
+                                    (index, _batches(data)))
             for opt in optimizers:
                 opt.step()
             if after_step is not None:
                 after_step()
-            total += float(loss.detach()) * len(images)
+            total += value * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{total / count:.4f}")
         losses.append(total / max(count, 1))
         print(f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
-        if not math.isfinite(losses[-1]):
-            log.warning("epoch %d: the loss is %s: training diverged (calibration will refuse non-finite scores); "
-                        "lower the learning rate or check the training images", epoch + 1, losses[-1])
+        bad = non_finite_weights(model)
+        if bad:          # e.g. an infinite gradient without clipping: never replace the last good checkpoint
+            raise _diverged(f"the weights became non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})",
+                            run_dir, epoch, epochs)
         sha = save_checkpoint(run_dir / CHECKPOINT, model, optimizers, epoch + 1, extra or {}, losses=losses,
                               rng=capture_rng(data, model))
         if on_epoch is not None:
             on_epoch(epoch + 1, list(losses), sha)
     model.eval()
     return losses
+
+
+# Divergence -------------------------------------------------------------------------------------------------
+
+def _batches(data) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers that hold a NaN or an infinity."""
+    return [name for name, t in model.state_dict().items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _diverged(what: str, run_dir: Path, epoch: int, epochs: int,
+              batch: tuple[int, int | None] | None = None) -> TrainingDivergedError:
+    """The error for a non-finite step (`epoch` and `batch` = (index, count) 0-based; no batch: found after
+    the epoch): where it happened, which checkpoint was kept, what to try."""
+    at = f"epoch {epoch + 1}/{epochs}"
+    if batch is not None:
+        at += f", batch {batch[0] + 1}" + (f"/{batch[1]}" if batch[1] else "")
+    checkpoint = Path(run_dir) / CHECKPOINT
+    if epoch > 0 and checkpoint.is_file():
+        kept = (f"the last finite checkpoint, {checkpoint} (after epoch {epoch}), is kept unchanged and "
+                f"{Path(run_dir) / 'run.json'} still describes it")
+    elif checkpoint.is_file():
+        kept = f"{checkpoint} (written before this training started) is kept unchanged"
+    else:
+        kept = "no checkpoint was written (no epoch finished with finite weights)"
+    stopped = "before this step changed the weights" if batch is not None else "without saving these weights"
+    return TrainingDivergedError(
+        f"training diverged at {at}: {what}. Training stopped {stopped}; {kept}. Try a lower learning rate, "
+        "check the training images (a corrupt, blank or extreme image), or another seed; then retrain with "
+        "--overwrite (or another --out)")

@@ -405,6 +405,10 @@ def _begin(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, run_info: di
     if holds_run and not (cfg.resume or cfg.overwrite or continuing):
         raise RunError(f"{run_dir} already holds a training run ({_describe(run_dir)}); pass --resume to continue "
                        "it, --overwrite to replace it, or choose another --out")
+    foreign = [name for name in (METRICS_FILE, EVAL_FILE) if os.path.lexists(run_dir / name)]
+    if foreign and not holds_run and not cfg.overwrite:     # not a run's: someone else's files of those names
+        raise RunError(f"{run_dir} holds {' and '.join(foreign)} but no training run ({RUN_FILE}, {CHECKPOINT}); a run "
+                       "would replace them: choose another --out, or pass --overwrite to replace them")
     state, info, run_id = None, None, uuid.uuid4().hex
     if cfg.resume or continuing:
         info = read_run_info(run_dir)
