@@ -61,7 +61,7 @@ def environment(packages: tuple[str, ...]) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_json(path: str | Path, payload: dict) -> None:
+def write_json(path: str | Path, payload: dict, *, quiet: bool = False) -> None:
     """Write a results file atomically: a temporary of its own beside it, fsync, rename. A kill, a full
     disk or a second benchmark writing at the same time leaves the old file or the new one, never a torn
     one (the temporary is removed on failure)."""
@@ -83,7 +83,8 @@ def write_json(path: str | Path, payload: dict) -> None:
         if is_disk_full(err, path.parent):
             raise disk_full_error(err, path.parent, f"writing {path.name}", f"the previous {path.name} is kept") from err
         raise
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def _umask() -> int:

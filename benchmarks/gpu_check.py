@@ -80,10 +80,9 @@ class Report:
         return result
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
-        tmp.replace(self.path)
+        from common import write_json
+
+        write_json(self.path, json.loads(json.dumps(self.data, default=str)), quiet=True)
 
 
 class Skipped(Exception):

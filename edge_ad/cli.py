@@ -159,7 +159,7 @@ def _one_line(err: BaseException) -> str:
 def _demo(args: argparse.Namespace) -> int:
     from edge_ad import demo
 
-    summary = demo.run(args.out, seed=args.seed, epochs=args.epochs)
+    summary = demo.run(args.out, seed=args.seed, epochs=args.epochs, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     print(f"\noutputs in {args.out}/: summary.json, annotated.mp4, events.jsonl, bundle/, run/, data/")
     return 0
@@ -217,7 +217,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.triton:
         from export.triton import write_repository
 
-        models = write_repository(bundle, args.triton, max_batch=args.max_batch)
+        models = write_repository(bundle, args.triton, max_batch=args.max_batch, overwrite=args.overwrite)
         print(f"Triton model repository {args.triton}: {', '.join(m.name for m in models)}")
     return 0
 
@@ -455,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int_range(1, 100000), default=None,
                       help="training epochs (default: the demo's budget)")
     demo.add_argument("--seed", type=int_range(0, MAX_SEED), default=0)
+    demo.add_argument("--overwrite", action="store_true",
+                      help="use --out even when it holds files the demo did not write (they may be replaced)")
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", help="train a model on an MVTec-layout folder")
     train.add_argument("--model", default="simplenet", help=f"one of: {', '.join(list_models())}")
