@@ -162,3 +162,25 @@ def test_tensorrt_engine_is_built_stored_reused_and_agrees(bundle, tmp_path) -> 
     mtime = (copy / next(iter(engines))).stat().st_mtime
     edge_ad.load(copy, backend="tensorrt", build_engine=False).close()          # found, not rebuilt
     assert (copy / next(iter(engines))).stat().st_mtime == mtime
+
+
+def test_engine_cache_on_a_full_disk_says_so_and_keeps_the_bundle(bundle, tmp_path, monkeypatch) -> None:
+    """The bundle is read-only and the cache's disk is full. A full disk cannot be made here, so the
+    cache's write layer (engines._replace) raises ENOSPC: the one test double in this test."""
+    import errno
+
+    from edge_ad.runtime import engines
+
+    monkeypatch.setenv("EDGE_AD_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)                       # links followed: a plain-folder bundle
+    (copy / "engines").write_text("a file where the engines folder would go")   # writing there fails
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(engines, "_replace", full)
+    before = read_bundle(copy).meta
+    with pytest.raises(Exception, match="no space left on .*keeping the engine"):
+        store_engine(read_bundle(copy), EngineSpec("model.fp16.onnx", "fp16", 1, 8), ORIN, b"orin plan", {})
+    assert read_bundle(copy).meta == before

@@ -133,10 +133,18 @@ def store_engine(bundle: Bundle, spec: EngineSpec, key: DeviceKey, plan: bytes, 
         return bundle.file(name), bundle
     except OSError:
         target = cache_dir(bundle) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        info["sha256"] = hashlib.sha256(plan).hexdigest()
-        _replace(target, plan)                                      # the engine, then the sidecar that vouches for it
-        _replace(target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            info["sha256"] = hashlib.sha256(plan).hexdigest()
+            _replace(target, plan)                                  # the engine, then the sidecar that vouches for it
+            _replace(target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
+        except OSError as err:
+            from edge_ad.bundle import disk_full_error, is_disk_full
+
+            if is_disk_full(err, target.parent):
+                raise disk_full_error(err, target.parent, "keeping the engine",
+                                      "the bundle is unchanged; the engine will be built again next time") from err
+            raise
         return target, bundle
 
 
