@@ -1026,12 +1026,16 @@ def _inside(root: Path, name: str) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MB blocks (bundles, runs and Triton manifests share it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_sha256 = file_sha256
 
 
 def _fsync_tree(path: Path) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -45,7 +44,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edge_ad.bundle import Bundle, BundleError, current_umask, disk_full_error, is_disk_full, validate_meta
+from edge_ad.bundle import (Bundle, BundleError, current_umask, disk_full_error, file_sha256, is_disk_full,
+                            validate_meta)
 from edge_ad.runtime.inputs import seeded_inputs
 from edge_ad.runtime.triton import model_names
 
@@ -191,7 +191,7 @@ def check_replaceable(folder: Path) -> None:
     added = sorted(set(present) - set(listed))
     missing = sorted(set(listed) - set(present))
     changed = sorted(n for n in set(present) & set(listed)
-                     if present[n].is_symlink() or _file_sha256(present[n]) != listed[n])
+                     if present[n].is_symlink() or file_sha256(present[n]) != listed[n])
     if added or missing or changed:
         what = "; ".join(f"{label}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
                          for label, names in (("changed", changed), ("added", added), ("removed", missing)) if names)
@@ -201,16 +201,10 @@ def check_replaceable(folder: Path) -> None:
 
 def _write_manifest(folder: Path) -> None:
     """The manifest of a filled model folder: every file's sha256 (what a later export may replace)."""
-    files = {p.relative_to(folder).as_posix(): _file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     (folder / MANIFEST).write_text(json.dumps({"written_by": "edge_ad export --triton", "files": files}, indent=2) + "\n")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_model(repo: Path, name: str, fill: Callable[[Path], None], overwrite: bool = False) -> Path:

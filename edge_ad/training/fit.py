@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from edge_ad.bundle import DiskFullError, is_disk_full   # one notion of a full disk, training and export
+from edge_ad.bundle import DiskFullError, file_sha256, is_disk_full   # one notion of a full disk, training and export
 
 __all__ = ["CHECKPOINT", "CheckpointError", "DiskFullError", "TrainingDivergedError", "capture_rng",
            "clean_temporaries", "file_sha256", "fit", "is_disk_full", "load_checkpoint", "non_finite_weights",
@@ -146,15 +146,6 @@ def _free_mb(folder: Path) -> str:
         return f"{shutil.disk_usage(folder).free / 2**20:.0f} MB free"
     except OSError:
         return "free space unknown"
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizers: list, epoch: int, extra: dict, *,
