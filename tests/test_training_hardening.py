@@ -177,36 +177,10 @@ def test_resume_without_a_run_says_so(data, tmp_path) -> None:
         _train(data, tmp_path / "none", resume=True, overwrite=True)
 
 
+from fakes import FullDisk as _FullDisk  # noqa: E402 - the one test double for a full disk
+
 # Full disk --------------------------------------------------------------------------------------------------
 
-class _FullDisk(io.RawIOBase):
-    """A real file that takes `room` bytes and then fails as a full disk does (OSError ENOSPC)."""
-
-    def __init__(self, path: Path, room: int) -> None:
-        super().__init__()
-        self.file, self.room = open(path, "wb"), room
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        if len(data) > self.room:
-            self.file.write(data[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def fileno(self) -> int:
-        return self.file.fileno()
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-        super().close()
 
 
 def _disk_fills_after(monkeypatch, room: int, names: tuple[str, ...] = ("checkpoint.pt",)) -> None:

@@ -105,36 +105,10 @@ def test_overwrite_killed_at_random_moments_never_mixes_runs(data, tmp_path, cap
     print("outcomes", outcomes)
 
 
+from fakes import FullDisk as _FullDisk  # noqa: E402 - the one test double for a full disk
+
 # Full disk ---------------------------------------------------------------------------------------------------
 
-class _FullDisk(io.RawIOBase):
-    """A real file with room for `room` bytes, then OSError(ENOSPC)."""
-
-    def __init__(self, path: Path, room: int) -> None:
-        super().__init__()
-        self.file, self.room = open(path, "wb"), room
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        if len(data) > self.room:
-            self.file.write(data[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def fileno(self) -> int:
-        return self.file.fileno()
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-        super().close()
 
 
 @pytest.mark.parametrize("target", ["checkpoint.pt", "run.json", "metrics.json"])

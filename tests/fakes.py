@@ -1,0 +1,39 @@
+"""Test doubles shared by several test files, each standing in for something that cannot be made here."""
+
+from __future__ import annotations
+
+import errno
+import io
+from pathlib import Path
+
+
+class FullDisk(io.RawIOBase):
+    """A real file that takes `room` bytes and then fails as a full disk does (OSError ENOSPC): the one
+    test double for a full disk, which cannot be made here."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        super().__init__()
+        self.file, self.room = open(path, "wb"), room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self.room:
+            self.file.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def flush(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+
+    def close(self) -> None:
+        super().close()                     # flushes first, while the file is still open
+        self.file.close()
