@@ -443,3 +443,14 @@ def test_resume_to_fewer_epochs_than_trained_is_refused(data, tmp_path) -> None:
     with pytest.raises(RunError, match="already trained 2 epochs.*--epochs 2 or more"):
         _train(data, run, epochs=1, resume=True)
     load_run(run)
+
+
+@pytest.mark.parametrize("model, epochs, message", [
+    ("diffad", {"autoencoder": 1, "denoiser": 1}, "must name the stages"),
+    ("diffad", {"autoencoder": 1, "denoiser": 1, "segmentation": 0}, "whole number >= 1"),
+    ("spr", {"autoencoder": 1}, "has none"),
+])
+def test_epochs_per_stage_must_name_the_models_stages(data, tmp_path, model, epochs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=model, epochs=epochs))
+    assert not (tmp_path / "run" / "model.pt").exists()

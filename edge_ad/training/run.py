@@ -69,7 +69,7 @@ class TrainConfig:
     data: str | list[str]                 # one category folder, or several for one unified model
     out: str
     model: str = "simplenet"
-    epochs: int | None = None             # None: the model's default (its paper's, or its CPU budget)
+    epochs: int | dict[str, int] | None = None   # None: the model's default; staged models: per stage
     batch_size: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -107,14 +107,25 @@ def load_categories(data: str | list[str]) -> list[Category]:
 
 # Checks made before anything is trained or written ---------------------------------------------------------
 
+def _check_stage_epochs(model, epochs: int | dict) -> None:
+    """Per-stage epochs name exactly the model's stages (a staged model only)."""
+    if not isinstance(epochs, dict):
+        return
+    stages = list(getattr(model, "STAGES", ()))
+    if sorted(epochs) != sorted(stages):
+        raise ValueError(f"epochs per stage must name the stages {stages or '(this model has none)'}, got "
+                         f"{sorted(epochs)}; or give one number of epochs for every stage")
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Numbers in range, a usable device, not both --resume and --overwrite."""
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     for name in ("epochs", "batch_size"):
         value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        values = value.values() if name == "epochs" and isinstance(value, dict) else [value]
+        if value is not None and any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"{name} must be a whole number >= 1 (epochs: or one per stage), got {value!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed <= MAX_SEED:
         raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {cfg.seed!r}")
     if not isinstance(cfg.val_fraction, (int, float)) or not 0 < cfg.val_fraction < 1:
@@ -339,6 +350,7 @@ def train(cfg: TrainConfig) -> dict:
     batch_size = cfg.batch_size or defaults["batch_size"]
     model = create_model(cfg.model, **{**defaults.get("model_kwargs", {}), **cfg.model_kwargs}).to(cfg.device)
     selected = _selected_stages(model, cfg)
+    _check_stage_epochs(model, epochs)
     size, resize = model.config["image_size"], model.config["resize_size"]
     geometry = Geometry((resize, resize), (size, size))
     splits = [split_train_val(len(c.train), cfg.val_fraction, cfg.seed) for c in categories]
