@@ -30,7 +30,7 @@ UNIFIED = {"uniad"}
 
 def run_model(name: str, folders: list[Path], work: Path) -> dict:
     from edge_ad.models import training_defaults
-    from edge_ad.training.report import evaluate_run
+    from edge_ad.training.evaluate import evaluate_run
     from edge_ad.training.run import TrainConfig, mean_of, train
 
     defaults = training_defaults(name, "cpu")

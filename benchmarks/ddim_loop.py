@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edge_ad.models.diffad import DiffAD
-    from edge_ad.models.diffusion import ddim_schedule
+    from edge_ad.runtime.noise_schedules import ddim_schedule
 
     if args.device == "cpu" and args.dtype == "fp16":
         raise SystemExit("fp16 is timed on CUDA only; use --dtype fp32 on the CPU")

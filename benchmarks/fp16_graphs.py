@@ -21,7 +21,7 @@ from fps import build_bundle
 
 
 def summarize(bundle) -> dict:
-    from export.opcheck import check_graph
+    from edge_ad_export.opcheck import check_graph
 
     parity = json.loads(bundle.file("parity.json").read_text())
     reports = {"model.onnx": parity["fp16"]["model.onnx"]} if "fp16" in parity else \

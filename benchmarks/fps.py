@@ -68,7 +68,7 @@ def build_bundle(name: str, out: Path, image_size: int | None, config: str = "pa
 
     from edge_ad.models import create_model, training_defaults
     from edge_ad.runtime.preprocess import Geometry
-    from export.bundle import export_model
+    from edge_ad_export.exporter import export_model
 
     torch.manual_seed(0)
     kwargs = training_defaults(name, "cpu").get("model_kwargs", {}) if config == "cpu" else {}

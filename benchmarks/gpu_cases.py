@@ -259,7 +259,7 @@ def model_rows(bench: Bench, model, bundle, batches: list[int], steps: int | Non
     variants[f"{kind}-fp16-graphs" if bench.cuda else kind] = lambda b: graphs.heatmaps(b, maps=False)[1]
     if bench.cuda:
         from edge_ad.runtime import Detector
-        from edge_ad.runtime.torch import TorchBackend
+        from edge_ad.training.torch_backend import TorchBackend
 
         plain = edge_ad.load(bundle.path, backend=kind, steps=steps, cuda_graph=False)
         variants["torch-cuda-fp16"] = lambda b: plain.heatmaps(b, maps=False)[1]

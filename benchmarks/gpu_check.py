@@ -42,6 +42,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "export"))       # the export pipeline, installed as edge_ad_export
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 MODELS = ("diffad", "spr", "uniad", "simplenet", "mkd")      # longest export first

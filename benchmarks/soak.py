@@ -34,7 +34,7 @@ from pathlib import Path
 from common import environment, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "export")]   # edge_ad, and the export pipeline (edge_ad_export)
 
 from edge_ad.data.synthetic import Counts, make_category, write_conveyor_video  # noqa: E402
 from edge_ad.stream.mjpeg import MjpegServer  # noqa: E402
@@ -45,7 +45,7 @@ LABELLED_FRAMES = 1500          # 100 s at 15 FPS: six passes in ten minutes
 def make_bundle(work: Path, epochs: int) -> Path:
     """The demo's recipe (SimpleNet, EfficientNet-Lite0, 224 px) with a shorter training budget."""
     from edge_ad.training.run import TrainConfig, train
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
 
     data = make_category(work / "data", "conveyor", counts=Counts(train=40, test_good=15, test_per_defect=6), seed=0)
     train(TrainConfig(data=str(data), out=str(work / "run"), overwrite=True, epochs=epochs, batch_size=8,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -135,12 +136,9 @@ def _raised_by_edge_ad(err: BaseException) -> bool:
         tb = tb.tb_next
     filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
     roots = [os.path.dirname(os.path.abspath(__file__))]
-    try:
-        import export
-
-        roots.append(os.path.dirname(os.path.abspath(export.__file__)))
-    except ImportError:  # pragma: no cover - the runtime installed alone
-        pass
+    spec = importlib.util.find_spec("edge_ad_export")      # the export pipeline, when installed
+    if spec is not None and spec.origin:
+        roots.append(os.path.dirname(os.path.abspath(spec.origin)))
     return any(filename.startswith(root + os.sep) for root in roots)
 
 
@@ -179,7 +177,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from edge_ad.training.report import evaluate_run
+    from edge_ad.training.evaluate import evaluate_run
 
     report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device, batch_size=args.batch_size)
     print(json.dumps(report, indent=2, default=str))
@@ -192,7 +190,7 @@ def _export(args: argparse.Namespace) -> int:
 
     source = Path(args.source)
     if args.engine:                       # a bad --batch fails before anything is exported
-        from export.tensorrt import parse_batches
+        from edge_ad.runtime.engine_builder import parse_batches
 
         parse_batches(args.batch)
     if (source / "meta.json").is_file():
@@ -204,18 +202,18 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"exporting the run {source} needs --out BUNDLE (or give a bundle with --engine/--triton)")
         if Path(args.out).resolve() == source.resolve():
             raise ValueError(f"--out {args.out} is the run folder itself; write the bundle to another folder")
-        from export.bundle import export_run
+        from edge_ad_export.exporter import export_run
 
         bundle = export_run(source, args.out, overwrite=args.overwrite)
         print(f"bundle: {bundle.path} ({', '.join(bundle.meta['files'])})")
     if args.engine:
-        from export.tensorrt import build_bundle_engines, parse_batches
+        from edge_ad.runtime.engine_builder import build_bundle_engines, parse_batches
 
         paths = build_bundle_engines(bundle, batch=parse_batches(args.batch), typing=args.typing, dla_core=args.dla_core)
         print("TensorRT engines:\n  " + "\n  ".join(str(p) for p in paths))
         bundle = read_bundle(bundle.path)
     if args.triton:
-        from export.triton import write_repository
+        from edge_ad_export.triton_repository import write_repository
 
         models = write_repository(bundle, args.triton, max_batch=args.max_batch, overwrite=args.overwrite)
         print(f"Triton model repository {args.triton}: {', '.join(m.name for m in models)}")

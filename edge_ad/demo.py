@@ -71,7 +71,7 @@ def run(out: str | Path, *, seed: int = 0, epochs: int | None = None, video_fram
     from edge_ad.stream import EventsSink, VideoSink
     from edge_ad.training.fit import write_text_atomic
     from edge_ad.training.run import TrainConfig, train
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
 
     out = Path(out)
     claim_out(out, overwrite=overwrite)

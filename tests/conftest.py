@@ -66,7 +66,7 @@ def tiny_bundle(tmp_path_factory):
     a real model for the stream tests, built once per session (a few seconds)."""
     from edge_ad.data.synthetic import Counts, make_category
     from edge_ad.training.run import TrainConfig, train
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_category(root / "data", "conveyor", counts=Counts(train=8, test_good=2, test_per_defect=1), seed=3)
@@ -79,7 +79,7 @@ def tiny_bundle(tmp_path_factory):
 def assert_runtime_matches_training() -> Callable[..., dict]:
     """Check that a bundle on ONNX Runtime gives the training side's scores and maps on the same test
     images: the trained PyTorch model (unfolded, as evaluated after training) through
-    edge_ad.training.evaluate.predict, against Detector.heatmaps on the bundle. The tolerance is relative
+    edge_ad.training.predict.predict, against Detector.heatmaps on the bundle. The tolerance is relative
     to the largest value of each: 1e-4 by default, the export's parity bound."""
 
     def check(run_dir, bundle, data_dir, *, rtol: float = 1e-4) -> dict:
@@ -90,7 +90,7 @@ def assert_runtime_matches_training() -> Callable[..., dict]:
         from edge_ad.data import MVTecDataset
         from edge_ad.training.adapter import UInt8Input
         from edge_ad.training.data import Prepared
-        from edge_ad.training.evaluate import predict
+        from edge_ad.training.predict import predict
         from edge_ad.training.run import load_run
 
         _, model = load_run(run_dir)

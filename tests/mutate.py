@@ -47,7 +47,7 @@ SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: as
 _ISOLATED = """
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
-sys.path.insert(0, ".")
+sys.path[:0] = [".", "export"]      # edge_ad, and the export pipeline (edge_ad_export)
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """

@@ -10,7 +10,7 @@ from edge_ad.bundle import read_bundle
 from edge_ad.data.synthetic import Counts, make_category
 from edge_ad.models.backbones import OFFLINE_BACKBONE
 from edge_ad.training.run import TrainConfig, train
-from export.bundle import export_run
+from edge_ad_export.exporter import export_run
 
 
 def test_requested_and_used_backbones_are_recorded(tmp_path, caplog) -> None:

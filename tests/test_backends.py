@@ -16,7 +16,7 @@ from edge_ad.data.synthetic import Counts, make_category
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, engine_name, find_engine, store_engine
 from edge_ad.runtime.tensorrt import tensorrt_missing
 from edge_ad.training.run import TrainConfig, train
-from export.tensorrt import parse_batches
+from edge_ad.runtime.engine_builder import parse_batches
 
 TINY = {"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32}
 ORIN = DeviceKey("NVIDIA Jetson AGX Orin", "8.7", "10.3.0", "aarch64")
@@ -28,7 +28,7 @@ def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("backends")
     data = make_category(root / "data", "washer", counts=Counts(train=8, test_good=2, test_per_defect=1), seed=2)
     train(TrainConfig(data=str(data), out=str(root / "run"), epochs=1, batch_size=4, model_kwargs=TINY))
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
 
     return export_run(root / "run", root / "bundle").path
 

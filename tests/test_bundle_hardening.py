@@ -122,7 +122,7 @@ def test_triton_export_refuses_a_model_name_that_is_not_a_plain_identifier(bundl
 
 
 def test_write_repository_checks_names_even_for_a_bundle_it_did_not_read(bundle, tmp_path) -> None:
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     meta = read_bundle(bundle).meta
     for field, value in (("model", "../victim"), ("input", {**meta["input"], "name": 'images" } ] output [ {'})):
@@ -133,7 +133,7 @@ def test_write_repository_checks_names_even_for_a_bundle_it_did_not_read(bundle,
 
 
 def test_config_pbtxt_is_printed_by_protobuf_so_names_cannot_inject_fields(bundle) -> None:
-    from export.triton import model_config
+    from edge_ad_export.triton_repository import model_config
 
     text = model_config('evil" platform: "x\n', "onnxruntime_onnx", read_bundle(bundle), max_batch=4,
                         preferred=[2, 4], delay_us=100, instances=1)
@@ -143,7 +143,7 @@ def test_config_pbtxt_is_printed_by_protobuf_so_names_cannot_inject_fields(bundl
 
 
 def test_triton_model_folders_are_swapped_whole_and_follow_the_umask(bundle, tmp_path) -> None:
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     repo = tmp_path / "repo"
     (repo / ".toy_onnx.abcdefgh.partial").mkdir(parents=True)            # a killed export's temporary
@@ -160,7 +160,7 @@ def test_triton_model_folders_are_swapped_whole_and_follow_the_umask(bundle, tmp
 
 
 def test_triton_refuses_to_replace_a_model_folder_that_is_a_link(bundle, tmp_path) -> None:
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -191,7 +191,7 @@ def test_load_refuses_non_finite_or_empty_calibration_naming_the_field(bundle, f
 @pytest.mark.parametrize("field,value", BAD_CALIBRATION)
 def test_export_refuses_non_finite_calibration_before_writing(tmp_path, field, value) -> None:
     from edge_ad.runtime.preprocess import Geometry
-    from export.bundle import export_model
+    from edge_ad_export.exporter import export_model
 
     calibration = {**toy_meta()["calibration"], field: value}
     with pytest.raises(BundleError, match=rf"calibration\.{field}"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edge_ad.models.diffad import DiffAD
-from edge_ad.models.diffusion import ddim_schedule
+from edge_ad.runtime.noise_schedules import ddim_schedule
 from edge_ad.postprocess import ddim_step
 
 TINY = dict(image_size=32, ae_channels=(8, 8, 16), ae_attention=False, unet_channels=(16, 16), unet_attention=(1,),

@@ -21,8 +21,8 @@ from edge_ad.data.synthetic import Counts, make_category, write_conveyor_video
 from edge_ad.runtime.preprocess import prepare
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.run import TrainConfig, load_run, train
-from export.bundle import export_run
-from export.opcheck import errors
+from edge_ad_export.exporter import export_run
+from edge_ad_export.opcheck import errors
 
 TINY = {
     "spr": {"channels": (8, 16, 16), "image_size": 64},

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_ad.models.diffusion import (alphas_cumprod, ddim_schedule, ddim_timesteps, scaled_linear_betas,
+from edge_ad.runtime.noise_schedules import (alphas_cumprod, ddim_schedule, ddim_timesteps, scaled_linear_betas,
                                       seeded_normal, ve_sigma)
 from edge_ad.models.draem import AnomalySynthesizer, focal_loss, perlin
 from edge_ad.models.unet import PlainBlock, ResBlock, SelfAttention, UNet

@@ -25,7 +25,7 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("e2e")
     data = make_category(root / "data", "washer", counts=Counts(train=8, test_good=2, test_per_defect=1), seed=1)
     metrics = train(TrainConfig(data=str(data), out=str(root / "run"), epochs=1, batch_size=4, model_kwargs=TINY))
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
 
     bundle = export_run(root / "run", root / "bundle")
     return {"root": root, "data": data, "metrics": metrics, "bundle": bundle.path}
@@ -56,7 +56,7 @@ def test_bundle_contents_and_parity(trained) -> None:
     assert set(meta["files"]) >= {"model.onnx", "checkpoint.pt", "parity.json"}
     assert all(len(f["sha256"]) == 64 for f in meta["files"].values())
     assert json.loads(bundle.file("parity.json").read_text())["relative_max_error"] < 1e-4
-    from export.opcheck import errors
+    from edge_ad_export.opcheck import errors
 
     assert errors(bundle.file("model.onnx")) == [] and errors(bundle.file("model.fp16.onnx")) == []
 
@@ -69,7 +69,7 @@ def test_onnx_scores_match_pytorch_after_the_kernel(trained) -> None:
     from edge_ad.postprocess import heatmap
     from edge_ad.runtime.preprocess import prepare
     from edge_ad.training.adapter import UInt8Input
-    from export.bundle import load_run
+    from edge_ad_export.exporter import load_run
 
     info, model = load_run(trained["root"] / "run")
     detector = edge_ad.load(trained["bundle"], color="RGB")
@@ -199,7 +199,7 @@ def test_camera_that_does_not_exist(trained, capsys) -> None:
 
 
 def test_interrupted_export_leaves_no_bundle(trained, tmp_path, monkeypatch) -> None:
-    import export.bundle as exporter
+    import edge_ad_export.exporter as exporter
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from export.fp16 import convert_fp16, fp16_name, write_fp16
-from export.onnx import export_graph
-from export.opcheck import errors
-from export.parity import ParityError
+from edge_ad_export.fp16 import convert_fp16, fp16_name, write_fp16
+from edge_ad_export.onnx import export_graph
+from edge_ad_export.opcheck import errors
+from edge_ad_export.parity import ParityError
 
 
 class Loud(nn.Module):

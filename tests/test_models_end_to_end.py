@@ -18,8 +18,8 @@ from edge_ad.cli import main
 from edge_ad.data.synthetic import Counts, make_category, write_conveyor_video
 from edge_ad.models import create_model, list_models
 from edge_ad.training.run import TrainConfig, train
-from export.bundle import export_run
-from export.opcheck import errors
+from edge_ad_export.exporter import export_run
+from edge_ad_export.opcheck import errors
 
 TINY = {
     "mkd": {"source": "tf_efficientnet_lite0", "image_size": 64},

@@ -12,8 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.onnx import export_graph
-from export.opcheck import check_model, errors
+from edge_ad_export.onnx import export_graph
+from edge_ad_export.opcheck import check_model, errors
 
 FLOAT = TensorProto.FLOAT
 
@@ -110,7 +110,7 @@ def test_operators_domains_and_opset() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.opcheck", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edge_ad_export.opcheck", *args], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1], timeout=120)
 
 

@@ -29,7 +29,7 @@ import pytest
 import edge_ad
 from edge_ad import logs
 from edge_ad.data import MVTecDataset
-from edge_ad.data.images import (ImageReadError, ImageTooLargeError, max_image_pixels, read_image, read_mask,
+from edge_ad.imaging import (ImageReadError, ImageTooLargeError, max_image_pixels, read_image, read_mask,
                                  to_rgb_uint8)
 from edge_ad.stream import EventsSink, IterableSource, Reconnect, SnapshotSink, VideoSink
 from edge_ad.stream.sinks import safe_name

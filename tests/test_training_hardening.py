@@ -253,8 +253,8 @@ def test_good_only_test_split_trains_calibrates_writes_and_exports(data, tmp_pat
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and "calibration" in info and info["metrics"]["image_auroc"] is None
     assert json.loads((run / "metrics.json").read_text())["absent"]
-    from edge_ad.training.report import evaluate_run
-    from export.bundle import export_run
+    from edge_ad.training.evaluate import evaluate_run
+    from edge_ad_export.exporter import export_run
 
     report = evaluate_run(run)
     assert report["modes"]["exported"]["category"]["image_auroc"] is None
@@ -364,7 +364,7 @@ def test_non_finite_model_output_is_an_error_for_that_frame_never_normal(nan_det
 def test_predict_reads_paths_and_refuses_what_is_not_an_image(tiny_bundle, tmp_path) -> None:
     import cv2
 
-    from edge_ad.data.images import ImageReadError
+    from edge_ad.imaging import ImageReadError
 
     det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
     bgr = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)

@@ -21,8 +21,8 @@ from edge_ad.cli import main
 from edge_ad.models import create_model
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, store_engine
 from edge_ad.runtime.preprocess import Geometry
-from export.bundle import export_model
-from export.triton import write_repository
+from edge_ad_export.exporter import export_model
+from edge_ad_export.triton_repository import write_repository
 
 CALIBRATION = {"image_threshold": 1.0, "image_norm": [0.0, 2.0], "pixel_threshold": 1.0, "pixel_norm": [0.0, 2.0],
                "normal_images": 0}

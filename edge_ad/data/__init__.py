@@ -4,7 +4,7 @@ Nothing here imports torch: the dataset is a plain indexable object that torch's
 and the runtime reuses the image conversion.
 """
 
-from edge_ad.data.images import ImageReadError, read_image, to_rgb_uint8
+from edge_ad.imaging import ImageReadError, read_image, to_rgb_uint8
 from edge_ad.data.mvtec import DatasetError, MVTecDataset, Sample
 
 __all__ = ["DatasetError", "ImageReadError", "MVTecDataset", "Sample", "read_image", "to_rgb_uint8"]

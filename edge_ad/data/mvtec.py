@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ad.data.images import IMAGE_SUFFIXES, read_image, read_mask
+from edge_ad.imaging import IMAGE_SUFFIXES, read_image, read_mask
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_ad.models.autoencoder import Autoencoder
-from edge_ad.models.diffusion import alphas_cumprod, ddim_schedule, scaled_linear_betas, seeded_normal
+from edge_ad.runtime.noise_schedules import alphas_cumprod, ddim_schedule, scaled_linear_betas, seeded_normal
 from edge_ad.models.draem import AnomalySynthesizer, focal_loss
 from edge_ad.models.unet import UNet
 from edge_ad.postprocess import HeatmapSpec

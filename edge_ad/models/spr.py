@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from edge_ad.models.diffusion import SIGMA_MAX, seeded_normal
+from edge_ad.runtime.noise_schedules import SIGMA_MAX, seeded_normal
 from edge_ad.models.unet import UNet
 from edge_ad.postprocess import HeatmapSpec
 

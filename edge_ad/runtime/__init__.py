@@ -49,12 +49,12 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
     if backend == "tensorrt":
         made = _tensorrt(b, kind, steps=steps, seed=seed, batch=batch, cuda_graph=cuda_graph, build=build_engine)
     elif backend.startswith("torch"):
-        from edge_ad.runtime.torch import TorchBackend
+        from edge_ad.training.torch_backend import TorchBackend
 
         made = TorchBackend(b, device={"torch-cpu": "cpu", "torch-cuda": "cuda"}.get(backend, "auto"),
                             steps=steps, seed=seed, cuda_graph=cuda_graph)
     elif backend == "triton":
-        from edge_ad.runtime.triton import TritonBackend
+        from edge_ad.runtime.triton_client import TritonBackend
 
         if kind != "single":
             raise ValueError("the Triton backend serves single-graph bundles; DiffAD's loop runs in edge_ad")
@@ -67,7 +67,7 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
 def _onnxruntime(b: Bundle, kind: str, backend: str, **kw):
     device = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}.get(backend, "auto")
     if kind == "latent_ddim":
-        from edge_ad.runtime.diffusion import LatentDdimBackend
+        from edge_ad.runtime.latent_ddim import LatentDdimBackend
 
         return LatentDdimBackend(b, device=device, threads=kw["threads"], steps=kw["steps"], seed=kw["seed"])
     from edge_ad.runtime.inputs import seeded_inputs

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from edge_ad.bundle import Bundle, BundleError
-from edge_ad.data.images import read_image, to_rgb_uint8
+from edge_ad.imaging import read_image, to_rgb_uint8
 from edge_ad.postprocess import heatmap
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.runtime.result import InferenceError, Result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_ad.models.diffusion import seeded_normal
+from edge_ad.runtime.noise_schedules import seeded_normal
 
 __all__ = ["seeded_inputs"]
 

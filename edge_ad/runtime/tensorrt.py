@@ -249,7 +249,7 @@ class TrtDdimBackend(_DeviceHeatmap):
 
     def __init__(self, plans: dict[str, bytes], pipeline: dict, *, steps: int | None = None,
                  seed: int | None = None, buffers: str = "auto", cuda_graph: bool = True, spec: dict | None = None) -> None:
-        from edge_ad.models.diffusion import ddim_schedule, seeded_normal
+        from edge_ad.runtime.noise_schedules import ddim_schedule, seeded_normal
 
         self.buffers = open_buffers(buffers)
         self.enc = TrtEngine(plans["encoder"], self.buffers)
@@ -336,7 +336,7 @@ def load_plan(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], build:
                 "minutes (longer on a Jetson) and happens once; `edge-ad export BUNDLE --engine` does it ahead of time",
                 key.gpu, key.compute_capability, key.tensorrt, bundle.path,
                 f" (it has: {'; '.join(carried)})" if carried else "", graph)
-    from export.tensorrt import build_and_store
+    from edge_ad.runtime.engine_builder import build_and_store
 
     path, _ = build_and_store(bundle, graph, batch=batch)
     return path.read_bytes()

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_ad.data.images import MAX_PIXELS_ENV
+from edge_ad.imaging import MAX_PIXELS_ENV
 from edge_ad.logs import escape_controls, redact_source_url
 from edge_ad.stream.sources import Source
 

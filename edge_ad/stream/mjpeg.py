@@ -122,7 +122,7 @@ MAX_VIDEO_BYTES = 1 << 30        # the decoded frames held in memory by the test
 def _video_frames(path: Path) -> FrameFn:
     """Frame k of a video file, looped (decoded once into memory: keep the file short; frames over the
     pixel limit, or more than 1 GiB of decoded frames in all, are refused)."""
-    from edge_ad.data.images import check_pixels
+    from edge_ad.imaging import check_pixels
 
     cap = cv2.VideoCapture(str(path))
     try:

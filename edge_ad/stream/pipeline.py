@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 import edge_ad
-from edge_ad.data.images import max_image_pixels
+from edge_ad.imaging import max_image_pixels
 from edge_ad.logs import Throttle, escape_controls, redact
 from edge_ad.runtime.result import Result
 from edge_ad.stream.sources import Frame, Source, open_source

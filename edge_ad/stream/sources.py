@@ -23,7 +23,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from edge_ad.data.images import (IMAGE_SUFFIXES, MAX_PIXELS_ENV, ImageReadError, ImageTooLargeError, NotAnImageError,
+from edge_ad.imaging import (IMAGE_SUFFIXES, MAX_PIXELS_ENV, ImageReadError, ImageTooLargeError, NotAnImageError,
                                   max_image_pixels, read_image, to_rgb_uint8)
 from edge_ad.logs import Throttle, escape_controls, redact
 from edge_ad.stream.stats import SourceStats

@@ -1,75 +1,64 @@
-"""Scores and maps of a model over a dataset, through the same heatmap kernel as every runtime."""
+"""`edge-ad eval RUN`: a trained run's metrics on test data, for each localization mode it has.
+
+The first mode is always what bundles compute (the model's forward map through the heatmap kernel). A
+model with other modes (MKD's paper-style `gradient` maps) lists them in `localization_modes` and
+provides `localize(x, mode) -> (maps, scores)`; all modes are scored on the same images, so a
+departure of the exported mode from the paper is a measured difference, not a guess.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
-from edge_ad.metrics import aupro, image_auroc, pixel_auroc
-from edge_ad.postprocess import HeatmapSpec, heatmap
+from edge_ad.runtime.preprocess import Geometry
+from edge_ad.training.adapter import UInt8Input
+from edge_ad.training.data import Prepared, loader
+from edge_ad.training.predict import metrics, predict, predict_with
+from edge_ad.training.fit import write_text_atomic
+from edge_ad.training.run import EVAL_FILE, check_device, load_categories, load_run
+EXPORTED = "exported"
 
 
-def predict(model: nn.Module, data: DataLoader, spec: HeatmapSpec, device: str) -> dict:
-    """Image scores, full-size maps (at the crop size), labels and masks (None without ground truth),
-    as every runtime computes them: the model's raw map through the heatmap kernel."""
-    model.eval()
+def evaluate_run(run: str | Path, *, data: list[str] | None = None, modes: list[str] | None = None,
+                 device: str = "cpu", batch_size: int = 8) -> dict:
+    """{"modes": {mode: {category: metrics}}, ...}; also written to RUN/eval.json."""
+    run = Path(run)
+    check_device(device)
+    info, model = load_run(run)
+    model = model.to(device)
+    available = list(getattr(model, "localization_modes", (EXPORTED,)))
+    exported_mode = available[0]
+    modes = modes or available
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    unknown = [m for m in modes if m not in available]
+    if unknown:
+        raise ValueError(f"{info['model']} has no localization mode {unknown}; it has {', '.join(available)}")
+    categories = load_categories(data or info["data"])
+    geometry = Geometry.from_dict(info["geometry"])
+    wrapped = UInt8Input(model, model.mean, model.std).to(device).eval()
+    spec = model.heatmap_spec()
+    report: dict = {"run": str(run), "model": info["model"], "exported_mode": exported_mode, "modes": {}}
+    for mode in modes:
+        per = {}
+        for c in categories:
+            data_loader = loader(Prepared(c.test, geometry), batch_size, shuffle=False)
+            if mode == exported_mode:
+                pred = predict(wrapped, data_loader, spec, device)
+            else:
+                pred = predict_with(_localizer(model, wrapped, mode), data_loader, device)
+            per[c.name] = metrics(pred)
+        report["modes"][mode] = per
+    report["written"] = str(run / EVAL_FILE)
+    write_text_atomic(run / EVAL_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report
 
-    @torch.no_grad()
+
+def _localizer(model: torch.nn.Module, wrapped: UInt8Input, mode: str):
     def run(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        raw = model(images).float().cpu().numpy()
-        return heatmap(np.ascontiguousarray(raw), spec.output_size, smooth=spec.smooth, sigma=spec.sigma,
-                       window=spec.window, align_corners=spec.align_corners, score_from=spec.score_from)
-
-    return predict_with(run, data, device)
-
-
-def predict_with(run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], data: DataLoader,
-                 device: str) -> dict:
-    """As `predict`, with any function of a uint8 batch that returns (maps N x H x W, scores N)."""
-    scores, maps, labels, masks = [], [], [], []
-    for batch in data:
-        m, s = run(batch["image"].to(device))
-        scores.append(s)
-        maps.append(m)
-        labels.append(batch["label"].numpy())
-        if "mask" in batch:
-            masks.append(batch["mask"].numpy())
-    return {"scores": np.concatenate(scores), "maps": np.concatenate(maps), "labels": np.concatenate(labels),
-            "masks": np.concatenate(masks) if masks else None}
-
-
-def metrics(pred: dict) -> dict:
-    """image_auroc always when the test images hold both classes; pixel_auroc and aupro when the
-    dataset has masks with anomalous and normal pixels. A metric that cannot be computed is None,
-    with the reason in `absent` (present only when something is absent)."""
-    labels = np.asarray(pred["labels"])
-    out: dict = {"image_auroc": None, "pixel_auroc": None, "aupro": None}
-    absent: dict[str, str] = {}
-    scores, maps = np.asarray(pred["scores"]), np.asarray(pred["maps"])
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
-        absent["image_auroc"] = f"the model's score is NaN/inf on test images {bad[:8].tolist()}"
-    elif (labels == 1).any() and (labels == 0).any():
-        out["image_auroc"] = image_auroc(labels, scores)
-    else:
-        absent["image_auroc"] = ("no anomalous (defect) test images" if not (labels == 1).any()
-                                 else "no normal (good) test images")
-    masks = pred["masks"]
-    if masks is None:
-        absent["pixel_auroc"] = absent["aupro"] = "no ground_truth/ masks"
-    elif not masks.any():
-        absent["pixel_auroc"] = absent["aupro"] = "no anomalous pixels in the masks (no defect test images)"
-    elif masks.all():
-        absent["pixel_auroc"] = absent["aupro"] = "no normal pixels in the masks"
-    elif not np.isfinite(maps).all():
-        absent["pixel_auroc"] = absent["aupro"] = "the model's maps hold NaN/inf on some test images"
-    else:
-        out["pixel_auroc"] = pixel_auroc(masks, maps)
-        out["aupro"] = aupro(masks, maps)
-    if absent:
-        out["absent"] = absent
-    return out
+        return model.localize(wrapped.normalize(images), mode)
+    return run

@@ -39,7 +39,7 @@ from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.calibrate import Calibration, CalibrationError, calibrate
 from edge_ad.training.data import Prepared, loader, split_train_val
-from edge_ad.training.evaluate import metrics, predict
+from edge_ad.training.predict import metrics, predict
 from edge_ad.training.fit import (CHECKPOINT, CheckpointError, capture_rng, clean_temporaries, file_sha256, fit,
                                   load_checkpoint, save_checkpoint, write_text_atomic)
 

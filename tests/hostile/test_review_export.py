@@ -298,7 +298,7 @@ def test_demo_overwrite_takes_a_foreign_folder(tmp_path) -> None:
 
 def _foreign_model(folder: Path, case: str) -> None:
     """A model folder someone else made, or ours changed afterwards (`case` says how)."""
-    from export.triton import MANIFEST
+    from edge_ad_export.triton_repository import MANIFEST
 
     if case == "hand-made":
         (folder / "1").mkdir(parents=True)
@@ -347,7 +347,7 @@ def toy_bundle_path(tmp_path) -> Path:
 def test_triton_refuses_a_model_folder_it_did_not_write_or_that_changed(toy_bundle_path, tmp_path, capsys,
                                                                         case) -> None:
     from edge_ad.bundle import BundleError, read_bundle
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -369,7 +369,7 @@ def test_triton_refuses_a_model_folder_it_did_not_write_or_that_changed(toy_bund
 
 def test_triton_replaces_its_own_unchanged_folder_and_takes_an_empty_one(toy_bundle_path, tmp_path) -> None:
     from edge_ad.bundle import read_bundle
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     repo = tmp_path / "repo"
     (repo / "toy_onnx").mkdir(parents=True)              # empty: nothing to lose
@@ -396,14 +396,14 @@ BAD_BATCHES = ["1,1,100000", "4097", "1,4097", "1,2,4097", "1,1,999999999", "0",
 
 @pytest.mark.parametrize("text,want", sorted(GOOD_BATCHES.items()))
 def test_batch_profiles_within_the_cap_are_read(text, want) -> None:
-    from export.tensorrt import parse_batches
+    from edge_ad.runtime.engine_builder import parse_batches
 
     assert parse_batches(text) == want
 
 
 @pytest.mark.parametrize("text", BAD_BATCHES, ids=repr)
 def test_batch_profiles_out_of_range_or_misspelled_are_refused(text) -> None:
-    from export.tensorrt import parse_batches
+    from edge_ad.runtime.engine_builder import parse_batches
 
     with pytest.raises(ValueError, match="--batch") as caught:
         parse_batches(text)
@@ -415,7 +415,7 @@ def test_batch_profiles_out_of_range_or_misspelled_are_refused(text) -> None:
 def test_engine_builders_check_the_profile_before_anything(batch, toy_bundle_path) -> None:
     """The Python API too: build_bundle_engines refuses the profile before it looks for TensorRT."""
     from edge_ad.bundle import read_bundle
-    from export.tensorrt import build_bundle_engines
+    from edge_ad.runtime.engine_builder import build_bundle_engines
 
     with pytest.raises(ValueError, match="--batch"):
         build_bundle_engines(read_bundle(toy_bundle_path), batch=batch)
@@ -435,7 +435,7 @@ def test_cli_refuses_a_huge_engine_batch_in_one_line(toy_bundle_path, capsys) ->
 def test_timing_cache_is_replaced_atomically_through_unique_temporaries(tmp_path) -> None:
     import threading
 
-    from export.tensorrt import save_timing_cache
+    from edge_ad.runtime.engine_builder import save_timing_cache
 
     cache = tmp_path / "timing" / "dev.cache"
     payloads = [bytes([i]) * (200_000 + i) for i in range(8)]
@@ -451,7 +451,7 @@ def test_timing_cache_is_replaced_atomically_through_unique_temporaries(tmp_path
 def test_timing_cache_on_a_full_disk_leaves_no_temporary_and_keeps_the_old_cache(tmp_path, monkeypatch, caplog) -> None:
     """A full disk cannot be made here: os.fdopen's file (the write layer) is replaced by a real file that
     writes part of the data and then raises OSError(ENOSPC), the one test double of this test."""
-    import export.tensorrt as trt_export
+    import edge_ad.runtime.engine_builder as trt_export
 
     cache = tmp_path / "dev.cache"
     cache.write_bytes(b"old cache")
@@ -634,7 +634,7 @@ def test_full_disk_in_a_real_export_keeps_the_old_bundle_and_says_so(tiny_run, t
     import onnx
 
     from edge_ad.bundle import DiskFullError, read_bundle
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
 
     out = tmp_path / "bundle"
     export_run(tiny_run, out)
@@ -643,7 +643,7 @@ def test_full_disk_in_a_real_export_keeps_the_old_bundle_and_says_so(tiny_run, t
         def copy(src, dst, **kw):
             with open(src, "rb") as f, _FullDisk(dst, 4096) as g:
                 shutil.copyfileobj(f, g)
-        monkeypatch.setattr("export.bundle.shutil.copy2", copy)
+        monkeypatch.setattr("edge_ad_export.exporter.shutil.copy2", copy)
     else:
         def save(model, path, *args, **kw):
             with _FullDisk(path, 1000) as g:
@@ -665,7 +665,7 @@ def test_full_disk_writing_a_triton_model_keeps_the_old_one(toy_bundle_path, tmp
     import onnx
 
     from edge_ad.bundle import DiskFullError, read_bundle
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     repo = tmp_path / "repo"
     write_repository(read_bundle(toy_bundle_path), repo)
@@ -802,7 +802,7 @@ def test_torch_backend_says_which_config_it_cannot_build(tiny_bundle, tmp_path, 
 
 def test_torch_backend_ties_buffer_sizes_to_what_the_bundle_records(tiny_bundle) -> None:
     from edge_ad.bundle import Bundle, BundleError, read_bundle
-    from edge_ad.runtime.torch import model_config
+    from edge_ad.training.torch_backend import model_config
 
     meta = read_bundle(tiny_bundle).meta
     spr = {**meta, "config": {**meta["config"], "perturbations": 3},
@@ -894,7 +894,7 @@ def test_torch_backend_builds_real_spr_and_diffad_bundles_and_refuses_forged_buf
                                                                                     key) -> None:
     import edge_ad
     from edge_ad.bundle import BundleError
-    from export.bundle import export_run
+    from edge_ad_export.exporter import export_run
     from test_bundle_hardening import edit_meta
 
     train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=name, epochs=1, batch_size=4, model_kwargs=kw))
@@ -930,7 +930,7 @@ def test_train_refuses_a_folder_whose_metrics_files_are_not_a_runs(data, tmp_pat
 @pytest.mark.parametrize("preferred", [["4"], [2.0], [True], "4", 4])
 def test_triton_preferred_batch_sizes_are_whole_numbers(toy_bundle_path, tmp_path, preferred) -> None:
     from edge_ad.bundle import read_bundle
-    from export.triton import write_repository
+    from edge_ad_export.triton_repository import write_repository
 
     with pytest.raises(ValueError, match="preferred must be a list of whole numbers"):
         write_repository(read_bundle(toy_bundle_path), tmp_path / "repo", preferred=preferred)

@@ -35,7 +35,7 @@ import pytest
 
 import edge_ad
 from edge_ad import logs
-from edge_ad.data.images import ImageReadError, ImageTooLargeError, read_image, to_rgb_uint8
+from edge_ad.imaging import ImageReadError, ImageTooLargeError, read_image, to_rgb_uint8
 from edge_ad.stream import EventsSink, IterableSource, SnapshotSink, VideoSink
 
 LIMIT = 50_000_000

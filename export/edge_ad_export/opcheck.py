@@ -13,7 +13,7 @@ graph TensorRT could not parse from passing CI. It knows:
 - FP16 hazards: attention masks and other constants beyond FP16's range (65504), which become inf
   in an FP16 engine (a -1e9 mask turns a softmax row into NaN); DOUBLE tensors (cast down by TensorRT).
 
-    python -m export.opcheck MODEL.onnx [MORE.onnx ...] [--json]
+    python -m edge_ad_export.opcheck MODEL.onnx [MORE.onnx ...] [--json]
 
 prints each finding and exits 1 when any is an error (2 when a file cannot be read).
 """
@@ -238,7 +238,7 @@ def unsupported_ops(path: str | Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.opcheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m edge_ad_export.opcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("graphs", nargs="+", type=Path, help="ONNX files (a bundle's model.onnx, ...)")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ denoiser.onnx      latent, cond (N x 4 x h x w), timestep (N, float32) -> eps
 decoder.onnx       latent, cond                                        -> recon, inter (N x 3 x H x W)
 segmentation.onnx  images, recon, inter                                -> raw_map (N x 1 x H x W)
 
-Each graph also gets its mixed FP16 twin (`encoder.fp16.onnx`, ...; export/fp16.py) for TensorRT.
+Each graph also gets its mixed FP16 twin (`encoder.fp16.onnx`, ...; export/edge_ad_export/fp16.py) for TensorRT.
 Parity is checked graph by graph on the intermediate tensors of real images, and for the whole
 pipeline: the runtime's own `DdimPipeline` on ONNX Runtime against the PyTorch model, from the same
 starting latent.
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_ad.runtime.diffusion import DdimPipeline, sessions_from_dir
+from edge_ad.runtime.latent_ddim import DdimPipeline, sessions_from_dir
 from edge_ad.training.adapter import UInt8Input
-from export.fp16 import write_fp16
-from export.onnx import INPUT, OUTPUT, export_graph
-from export.parity import TOLERANCE, ParityError, relative_max_error
+from .fp16 import write_fp16
+from .onnx import INPUT, OUTPUT, export_graph
+from .parity import TOLERANCE, ParityError, relative_max_error
 
 GRAPHS = {"encoder": "encoder.onnx", "denoiser": "denoiser.onnx", "decoder": "decoder.onnx",
           "segmentation": "segmentation.onnx"}

@@ -7,7 +7,7 @@
 
 Both with `max_batch_size` (dims exclude the batch) and `dynamic_batching` (preferred batch sizes,
 a queue delay), so frames from many cameras on many line PCs are batched on one GPU server; the
-raw map comes back and the edge_ad client (runtime/triton.py) post-processes it with the bundle's
+raw map comes back and the edge_ad client (runtime/triton_client.py) post-processes it with the bundle's
 heatmap parameters and calibration, exactly as the local backends do.
 
 A bundle with fixed extra inputs (SPR's seeded noise) gets them frozen into the repository's ONNX
@@ -47,7 +47,7 @@ from onnx import numpy_helper
 from edge_ad.bundle import (Bundle, BundleError, current_umask, disk_full_error, file_sha256, is_disk_full,
                             validate_meta)
 from edge_ad.runtime.inputs import seeded_inputs
-from edge_ad.runtime.triton import model_names
+from edge_ad.runtime.triton_client import model_names
 
 __all__ = ["write_repository", "model_names", "model_config"]
 

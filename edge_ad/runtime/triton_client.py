@@ -20,7 +20,7 @@ __all__ = ["TritonBackend", "model_names"]
 
 
 def model_names(bundle: Bundle) -> dict[str, str]:
-    """The repository's model names of a bundle (export/triton.py writes them): folder names, so the
+    """The repository's model names of a bundle (export/edge_ad_export/triton_repository.py writes them): folder names, so the
     model name must be a plain identifier (a BundleError otherwise)."""
     name = check_name(bundle.meta.get("model"), "model", str(bundle.path))
     return {"onnx": f"{name}_onnx", "tensorrt": f"{name}_trt"}

@@ -4,7 +4,7 @@ Unverified: TensorRT cannot be installed where this was written and no GPU has r
 the TensorRT 10 Python API (JetPack 6 ships 10.3; 11.x keeps the strongly typed route):
 
 - strongly typed (default): `Builder.create_network(1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED))`
-  from the bundle's mixed FP16 graph (`model.fp16.onnx`, export/fp16.py): the precision of every layer is
+  from the bundle's mixed FP16 graph (`model.fp16.onnx`, export/edge_ad_export/fp16.py): the precision of every layer is
   the graph's, FP32 islands included. No per-layer precision is set on this route (TensorRT forbids it).
 - weakly typed (`typing="weak"`, and the automatic choice when STRONGLY_TYPED does not exist): the FP32
   graph with `BuilderFlag.FP16`; the layers of the export's FP32 islands pinned with `ILayer.precision`
@@ -77,7 +77,7 @@ def _parse(trt, logger, network, onnx_path: Path):
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors) +
-                           f" (run `python -m export.opcheck {onnx_path}` to see what it cannot take)")
+                           f" (run `python -m edge_ad_export.opcheck {onnx_path}` to see what it cannot take)")
     return parser
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.onnx import INPUT
+from .onnx import INPUT
 
 TOLERANCE = 1e-4          # max |a - b| / max |b| of the raw maps, FP32
 

@@ -18,7 +18,7 @@ so the export pipeline writes `<graph>.fp16.onnx` beside every FP32 graph:
    in FP32, so this run checks the graph and its casts, not FP16 arithmetic: the overflow check is
    what stands for that here, and a GPU run against TensorRT is the real test.
 
-The FP16 graph is what `export/tensorrt.py` builds from; ONNX Runtime and Triton's ONNX backend keep
+The FP16 graph is what `edge_ad/runtime/engine_builder.py` builds from; ONNX Runtime and Triton's ONNX backend keep
 using the FP32 graph.
 """
 
@@ -189,7 +189,7 @@ def write_fp16(folder: Path, graph_file: str, feeds: dict[str, np.ndarray], *, r
 
     Raises ParityError when the FP16 graph yields a non-finite value or, with `ranks`, when its image
     scores do not rank as the FP32 graph's (the FP16 contract of DESIGN.md)."""
-    from export.parity import ParityError
+    from .parity import ParityError
 
     src, dst = folder / graph_file, folder / fp16_name(graph_file)
     report = convert_fp16(src, dst, feeds, data_max=data_max)
@@ -200,8 +200,8 @@ def write_fp16(folder: Path, graph_file: str, feeds: dict[str, np.ndarray], *, r
                           f"65504, but is computed in FP16 ({len(report['fp16_overflow'])} such nodes); lower data_max")
     if not check["finite"]:
         raise ParityError(f"{dst.name} yields inf/NaN on the calibration images although no tensor of the FP32 "
-                          "graph passed FP16's range; lower export.fp16.DATA_MAX")
+                          "graph passed FP16's range; lower DATA_MAX (edge_ad_export.fp16)")
     if ranks and not check["scores_rank_same"]:
         raise ParityError(f"{dst.name} ranks the calibration images' scores differently from {graph_file} "
-                          f"(relative max error {check['relative_max_error']:.2e}); lower export.fp16.DATA_MAX")
+                          f"(relative max error {check['relative_max_error']:.2e}); lower DATA_MAX (edge_ad_export.fp16)")
     return report

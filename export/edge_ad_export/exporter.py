@@ -20,10 +20,10 @@ from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.fit import CHECKPOINT, file_sha256
 from edge_ad.training.run import load_run
-from export.onnx import INPUT, OPSET, OUTPUT, export_onnx
-from export.diffusion import GRAPHS, export_parts, pipeline_meta
-from export.fp16 import fp16_name, write_fp16
-from export.parity import check_parity
+from .onnx import INPUT, OPSET, OUTPUT, export_onnx
+from .diffusion_graphs import GRAPHS, export_parts, pipeline_meta
+from .fp16 import fp16_name, write_fp16
+from .parity import check_parity
 
 MODEL_FILE = "model.onnx"
 
@@ -45,9 +45,9 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
                  overwrite: bool = False, checkpoint_sha256: str | None = None) -> Bundle:
     """Write the bundle of an in-memory model: ONNX (folded when the model can fold) + meta.json.
 
-    Every graph gets its mixed FP16 twin for TensorRT (export/fp16.py), listed in meta `fp16`.
+    Every graph gets its mixed FP16 twin for TensorRT (export/edge_ad_export/fp16.py), listed in meta `fp16`.
     Diffusion models with `PIPELINE = "latent_ddim"` (DiffAD) become four graphs and a `pipeline`
-    entry (export/diffusion.py); models with `graph_inputs()` (SPR) get those inputs in the graph and
+    entry (export/edge_ad_export/diffusion_graphs.py); models with `graph_inputs()` (SPR) get those inputs in the graph and
     their seeds in `graph_inputs`.
 
     The model name and the calibration are checked before anything is exported (a NaN threshold

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from edge_ad.bundle import Bundle
-from edge_ad.models.diffusion import DdimSchedule, ddim_schedule, seeded_normal
+from edge_ad.runtime.noise_schedules import DdimSchedule, ddim_schedule, seeded_normal
 from edge_ad.postprocess import ddim_step
 
 __all__ = ["DdimPipeline", "LatentDdimBackend", "PARTS"]
