@@ -111,3 +111,43 @@ def assert_runtime_matches_training() -> Callable[..., dict]:
         return {"score_err": score_err, "map_err": map_err, "spread_err": spread_err}
 
     return check
+
+
+# Tiny configurations of every registered model (a few seconds each on 2 cores): test_every_model.py fails
+# when a registered model has none, so a new model gets the same end-to-end tests.
+TINY_MODELS = {
+    "simplenet": ("washer", 1, {"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32}),
+    "mkd": ("washer", 2, {"source": "tf_efficientnet_lite0", "image_size": 64}),
+    "uniad": ("washer", 2, {"backbone": "tf_efficientnet_lite0", "image_size": 96, "hidden_dim": 32, "heads": 2,
+                            "ffn_dim": 64, "encoder_layers": 1, "decoder_layers": 2, "neighbour_size": 3}),
+    "spr": ("weave", 1, {"channels": (8, 16, 16), "image_size": 64}),
+    "diffad": ("weave", 1, {"image_size": 64, "ae_channels": (8, 16, 16), "ae_attention": False,
+                            "unet_channels": (16, 32), "unet_attention": (1,), "seg_channels": (8, 16, 16)}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> Callable[[str], dict]:
+    """name -> {name, root, data, metrics, bundle}: the model of TINY_MODELS trained on a tiny synthetic
+    category (8 training images, seed 2) and exported, once per session whichever test asks first."""
+    from edge_ad.data.synthetic import Counts, make_category
+    from edge_ad.training.run import TrainConfig, train
+    from edge_ad_export.exporter import export_run
+
+    done: dict[str, dict] = {}
+    data: dict[str, object] = {}
+
+    def get(name: str) -> dict:
+        if name not in done:
+            category, epochs, kwargs = TINY_MODELS[name]
+            if category not in data:
+                data[category] = make_category(tmp_path_factory.mktemp("data"), category,
+                                               counts=Counts(train=8, test_good=2, test_per_defect=1), seed=2)
+            root = tmp_path_factory.mktemp(name)
+            metrics = train(TrainConfig(data=str(data[category]), out=str(root / "run"), model=name, epochs=epochs,
+                                        batch_size=4, model_kwargs=kwargs))
+            bundle = export_run(root / "run", root / "bundle").path
+            done[name] = {"name": name, "root": root, "data": data[category], "metrics": metrics, "bundle": bundle}
+        return done[name]
+
+    return get

@@ -42,6 +42,71 @@ def test_constant_scores_still_give_a_threshold_above_them() -> None:
     assert cal.image_threshold > 2.0 and cal.image_threshold == pytest.approx(2.0 + 3 * 2e-6)
 
 
+@pytest.mark.parametrize("level", [0.5, 5.0])
+def test_constant_inputs_get_a_floor_relative_to_their_level_but_at_least_one(level) -> None:
+    """All scores (pixels) equal: threshold (span) = level + 3 x (1e-6 x max(|level|, 1))."""
+    floor = 1e-6 * max(abs(level), 1.0)
+    cal = calibrate(np.full(4, level), np.full((4, 2, 2), level))
+    assert cal.image_threshold == pytest.approx(level + 3 * floor, abs=1e-15)
+    assert cal.pixel_threshold == level
+    assert cal.pixel_norm == pytest.approx((level, level + 2 * floor), abs=1e-15)
+
+
+def test_calibration_is_immutable() -> None:
+    import dataclasses
+
+    cal = calibrate(np.array([1.0, 2.0]), np.zeros((2, 2, 2)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cal.image_threshold = 0.0
+
+
+def test_normalization_needs_lo_below_hi_of_any_sign() -> None:
+    from edge_ad.training.calibrate import Calibration, CalibrationError
+
+    Calibration(-1.0, (-5.0, -1.0), -1.0, (-5.0, -1.0), 2).validate()        # negative scores are fine
+    with pytest.raises(CalibrationError, match=r"image_norm is \(1.0, 0.5\)"):
+        Calibration(1.0, (1.0, 0.5), 1.0, (0.0, 1.0), 2).validate()
+
+
+@pytest.mark.parametrize("norm", [5, {"lo": 0.0, "hi": 1.0}, "ab", [0.0]])
+def test_stored_normalization_must_be_a_pair(norm) -> None:
+    from edge_ad.training.calibrate import Calibration, CalibrationError
+
+    d = Calibration(1.0, (0.0, 2.0), 1.0, (0.0, 2.0), 4).to_dict() | {"image_norm": norm}
+    with pytest.raises(CalibrationError, match=r"image_norm must be a pair|image_norm\[0\] must be a number"):
+        Calibration.from_dict(d)
+
+
+def test_empty_validation_maps_are_refused_by_name() -> None:
+    from edge_ad.training.calibrate import CalibrationError
+
+    with pytest.raises(CalibrationError, match="validation maps are empty"):
+        calibrate(np.array([1.0, 2.0]), np.zeros((0,)))
+
+
+def test_non_finite_maps_name_the_images_for_flat_and_2d_maps() -> None:
+    """A NaN pixel in image 1 of N x P maps names image 1 (not the pixel's flat index)."""
+    from edge_ad.training.calibrate import CalibrationError
+
+    maps = np.zeros((3, 5))
+    maps[1, 3] = np.nan
+    with pytest.raises(CalibrationError, match=r"1 of 3 validation images contain NaN/inf \(validation images 1\)"):
+        calibrate(np.zeros(3) + [0, 1, 2], maps)
+
+
+@pytest.mark.parametrize("count, listed, tail", [(8, 8, False), (10, 8, True)])
+def test_non_finite_scores_list_at_most_eight_images(count, listed, tail) -> None:
+    from edge_ad.training.calibrate import CalibrationError
+
+    scores = np.full(count + 2, np.nan)
+    scores[:2] = [1.0, 2.0]
+    with pytest.raises(CalibrationError) as err:
+        calibrate(scores, np.zeros((count + 2, 2, 2)))
+    names = str(err.value).split("(validation images ")[1].split(":")[0].split(", ... (")[0]
+    assert names.split(", ") == [str(i) for i in range(2, 2 + listed)]
+    assert (f"({count} in all)" in str(err.value)) is tail
+
+
 # ------------------------------------------------------------------------------------- decision
 
 
@@ -192,3 +257,25 @@ def test_calibration_warns_when_every_validation_score_is_the_same(caplog) -> No
     with caplog.at_level(logging.WARNING):
         calibrate(np.array([1.0, 2.0]), np.zeros((2, 2, 2)))
     assert "same score" not in caplog.text
+
+
+# ------------------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("color", ["HSV", 5, None, ""])
+def test_an_unknown_colour_order_is_refused(tiny_bundle, color) -> None:
+    with pytest.raises(ValueError, match="must be 'BGR'"):
+        edge_ad.load(tiny_bundle, backend="onnxruntime-cpu", color=color)
+    det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
+    if color is not None:                                     # None in predict() means "the detector's"
+        with pytest.raises(ValueError, match="must be 'BGR'"):
+            det.predict(_frames(1, 0)[0], color=color)
+    with pytest.raises(ValueError, match=r"color\[1\] must be 'BGR'"):
+        det.predict(_frames(2, 0), color=["RGB", color])
+
+
+@pytest.mark.parametrize("images, kind", [(b"\x89PNG", "bytes"), ({"a": 1}, "dict")])
+def test_images_that_are_not_a_list_are_refused_by_type(tiny_bundle, images, kind) -> None:
+    det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
+    with pytest.raises(TypeError, match=f"expected a list, got {kind}"):
+        det.predict(images)
