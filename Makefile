@@ -15,11 +15,16 @@ install: $(STAMP)
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Dependencies first (pinned torch/torchvision), then the package itself as an editable install:
-# Python code is read from the tree, and edge_ad._kernels is rebuilt when kernels/ changes.
+# The dev install: everything the package index has (`all`: onnxruntime-gpu, torch, Triton client) and
+# the test tools, as an editable install: Python code is read from the tree, and edge_ad._kernels is
+# rebuilt when kernels/ changes. --no-build-isolation reuses the build tools installed here (quicker
+# rebuilds); a user's `pip install .` builds in isolation (tests/test_install.py checks that path).
+# A venv made before the base install switched to opencv-python-headless has opencv-python: both
+# wheels own the module cv2, so the old one goes first (and the headless one is reinstalled whole).
 $(STAMP): $(VENV)/bin/python $(KERNEL_SOURCES)
+	if $(PIP) show -q opencv-python 2>/dev/null; then $(PIP) uninstall -q -y opencv-python opencv-python-headless; fi
 	$(PIP) install -q -c constraints.txt scikit-build-core pybind11
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[test]"
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all,test]"
 	$(PY) -c "import edge_ad._kernels as k; print('edge_ad._kernels built, has_cuda =', k.has_cuda)"
 	touch $(STAMP)
 
