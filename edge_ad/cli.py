@@ -372,12 +372,17 @@ def _close_all(sinks: list) -> None:
 
 def _info(args: argparse.Namespace) -> int:
     import edge_ad
-    from edge_ad import _kernels
+    from edge_ad.postprocess import kernel_impl
 
-    info = {"edge_ad": edge_ad.__version__, "kernels_have_cuda": bool(_kernels.has_cuda),
-            "cuda_devices": _kernels.cuda_device_count()}
-    if info["cuda_devices"] == 0:
-        info["cuda_error"] = _kernels.cuda_init_error()   # why not: no driver, an old driver, no device
+    info = {"edge_ad": edge_ad.__version__, "kernels": kernel_impl()}   # "compiled" or "numpy" (fallback)
+    try:
+        from edge_ad import _kernels
+    except ImportError as err:
+        info.update(kernels_have_cuda=False, cuda_devices=0, cuda_error=f"compiled kernels not installed: {err}")
+    else:
+        info.update(kernels_have_cuda=bool(_kernels.has_cuda), cuda_devices=_kernels.cuda_device_count())
+        if info["cuda_devices"] == 0:
+            info["cuda_error"] = _kernels.cuda_init_error()   # why not: no driver, an old driver, no device
     try:
         import onnxruntime
 

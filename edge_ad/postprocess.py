@@ -1,4 +1,4 @@
-"""The Python face of the compiled kernels: one call each, CPU or CUDA by where the data lives.
+"""The Python face of the kernels: one call each, CPU or CUDA by where the data lives.
 
 `heatmap` turns a model's raw low-resolution anomaly maps into full-size maps and image scores
 (bilinear up-sampling, Gaussian or box smoothing, per-image max, optional normalization and threshold
@@ -7,19 +7,90 @@ mask) in one pass over the full-size map. `ddim_step` is one fused deterministic
 NumPy arrays run on the CPU kernels. Objects exposing ``__cuda_array_interface__`` (torch CUDA
 tensors, pycuda GPUArrays) run on the CUDA kernels, asynchronously on the given stream (default: the
 tensor library's current stream), and results come back as arrays of the same library. This module
-never imports torch: a Jetson needs only numpy and the compiled module.
+never imports torch: a Jetson needs only numpy, OpenCV and the compiled module.
+
+Which CPU implementation runs (`kernel_impl()` says; `edge-ad info` prints it):
+
+- "compiled": edge_ad._kernels, built from kernels/ when edge_ad was installed with a C++ compiler.
+- "numpy": edge_ad.postprocess_numpy, the same math in NumPy and OpenCV, used when the compiled module
+  cannot be imported (one warning per process, on first use). Results agree to float32 rounding.
+
+The environment variable ``EDGE_AD_KERNELS`` chooses: unset or "auto" (the compiled module when it
+imports, else the fallback), "numpy" (always the fallback, for tests and comparisons) or "compiled"
+(fail at import when the compiled module is missing). CUDA arrays always need the compiled module.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import threading
+from types import ModuleType
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from edge_ad import _kernels
+__all__ = ["heatmap", "ddim_step", "HeatmapSpec", "cuda_available", "kernel_impl"]
 
-__all__ = ["heatmap", "ddim_step", "HeatmapSpec", "cuda_available"]
+log = logging.getLogger(__name__)
+
+_ENV = "EDGE_AD_KERNELS"
+_REINSTALL = (
+    "install a C++ compiler (e.g. apt install build-essential) and reinstall edge_ad from source: "
+    "pip install --force-reinstall --no-deps --no-binary edge_ad edge_ad (in a checkout: pip install -e .)"
+)
+
+
+def _load_compiled() -> tuple[ModuleType | None, str]:
+    """(the compiled module or None, why it is missing)."""
+    try:
+        from edge_ad import _kernels  # noqa: PLC0415 - optional: the fallback stands in
+    except ImportError as err:
+        return None, str(err) or repr(err)
+    return _kernels, ""
+
+
+def _choose() -> tuple[ModuleType | None, str, str]:
+    """(compiled module or None, CPU implementation name, why the fallback runs: "" when compiled)."""
+    choice = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "compiled", "numpy"):
+        raise ValueError(f"{_ENV} must be 'auto', 'compiled' or 'numpy', got {choice!r}; unset it for auto")
+    compiled, missing = _load_compiled()
+    if compiled is None and choice == "compiled":
+        raise ImportError(f"{_ENV}=compiled, but edge_ad's compiled kernels do not import ({missing}); {_REINSTALL}")
+    if choice == "numpy":
+        return compiled, "numpy", ""        # asked for: no warning
+    return compiled, "compiled" if compiled is not None else "numpy", missing
+
+
+_kernels, _IMPL, _MISSING = _choose()
+_cpu_module: ModuleType | None = _kernels if _IMPL == "compiled" else None
+_warn_lock = threading.Lock()
+
+
+def kernel_impl() -> str:
+    """The CPU implementation in use: "compiled" (edge_ad._kernels) or "numpy" (NumPy + OpenCV)."""
+    return _IMPL
+
+
+def _cpu() -> ModuleType:
+    """The module whose heatmap_cpu / ddim_step_cpu run NumPy inputs; warns once about the fallback."""
+    global _cpu_module
+    if _cpu_module is None:
+        with _warn_lock:
+            if _cpu_module is None:
+                from edge_ad import postprocess_numpy  # noqa: PLC0415 - only without the compiled module
+
+                if _MISSING:
+                    log.warning(
+                        "edge_ad's compiled kernels are not installed (%s); heatmap and ddim_step run on "
+                        "NumPy/OpenCV instead: the same results (to float32 rounding), often slower. To get them, %s. "
+                        "Set EDGE_AD_KERNELS=numpy to choose the fallback without this warning.",
+                        _MISSING, _REINSTALL)
+                _cpu_module = postprocess_numpy
+    return _cpu_module
+
 
 _SMOOTH = ("gaussian", "box", "none")
 _SCORE_FROM = ("smoothed", "raw")
@@ -38,7 +109,7 @@ class HeatmapSpec(NamedTuple):
 
 def cuda_available() -> bool:
     """True when the CUDA kernels were compiled in and a CUDA device is visible."""
-    return bool(_kernels.has_cuda) and _kernels.cuda_device_count() > 0
+    return _kernels is not None and bool(_kernels.has_cuda) and _kernels.cuda_device_count() > 0
 
 
 def heatmap(
@@ -70,7 +141,8 @@ def heatmap(
         stream: CUDA stream handle for device inputs.
         threads: CPU threads (0: OpenMP's default). Runtimes pass 1: the inference engine owns the
             cores, and a second thread team next to it cost a 288-px SimpleNet a third of its frame
-            rate on 2 cores (measured).
+            rate on 2 cores (measured). The NumPy fallback does not use it: its matrix products run on
+            one BLAS thread, its OpenCV filters on OpenCV's pool (see edge_ad.postprocess_numpy).
 
     Returns:
         (maps N x H x W float32, scores N float32), plus masks N x H x W uint8 when threshold is
@@ -95,7 +167,7 @@ def heatmap(
         threshold=None if threshold is None else float(threshold),
     )
     if isinstance(raw, np.ndarray):
-        maps, scores, masks = _kernels.heatmap_cpu(_as_nhw(raw), out_h, out_w, threads=int(threads), **kwargs)
+        maps, scores, masks = _cpu().heatmap_cpu(_as_nhw(raw), out_h, out_w, threads=int(threads), **kwargs)
     elif hasattr(raw, "__cuda_array_interface__"):
         maps, scores, masks = _heatmap_cuda(raw, out_h, out_w, stream, kwargs)
     else:
@@ -124,7 +196,7 @@ def ddim_step(
     if isinstance(x_t, np.ndarray):
         if not isinstance(eps, np.ndarray):
             raise TypeError("x_t is a numpy array, so eps must be one too")
-        return _kernels.ddim_step_cpu(x_t, eps, float(alpha_bar_t), float(alpha_bar_prev), clamp=clamp, out=out)
+        return _cpu().ddim_step_cpu(x_t, eps, float(alpha_bar_t), float(alpha_bar_prev), clamp=clamp, out=out)
     if hasattr(x_t, "__cuda_array_interface__"):
         return _ddim_cuda(x_t, eps, float(alpha_bar_t), float(alpha_bar_prev), clamp, out, stream)
     raise TypeError(f"x_t must be a numpy array or a CUDA array, got {type(x_t).__name__}")
@@ -225,6 +297,12 @@ class _Allocator:
 
 
 def _require_cuda() -> None:
+    if _kernels is None:
+        raise RuntimeError(
+            f"CUDA arrays need edge_ad's compiled kernels, which are not installed; {_REINSTALL}, "
+            "with nvcc available for the CUDA kernels. Or pass NumPy arrays (tensor.cpu().numpy()): the "
+            "NumPy/OpenCV fallback runs those"
+        )
     if not _kernels.has_cuda:
         raise RuntimeError(
             "edge_ad was built without its CUDA kernels; reinstall with nvcc available "
