@@ -43,7 +43,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-ALIASES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}   # one import name, several distributions
+# one import name, several distributions
+ALIASES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+           "opencv-python": ("opencv-python", "opencv-python-headless")}
 
 
 def environment(packages: tuple[str, ...]) -> dict:

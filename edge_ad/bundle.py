@@ -604,16 +604,22 @@ def _unlisted(bundle: Bundle, name: str, why: str) -> NoReturn:
 
 def _external_data(graph: Path) -> set[str]:
     """The external data locations an ONNX file names. A graph whose bytes do not contain the key
-    `location` names none (read at memchr speed); the others are parsed without their data."""
+    `location` as protobuf writes it (field 1, length 8) names none (read at memchr speed); the others are
+    parsed without their data, with the `onnx` package (not in a runtime-only install: then a BundleError
+    says to install it; edge_ad's exporter writes external data only for graphs over 2 GB)."""
     import mmap
 
     with open(graph, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return set()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            if data.find(b"location") < 0:
+            if data.find(b"\x0a\x08location") < 0:
                 return set()
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise BundleError(f"{graph} may keep its weights in separate files, and checking where they point needs the "
+                          "onnx package, which this runtime-only install lacks: pip install onnx") from None
 
     try:
         model = onnx.load(str(graph), load_external_data=False)

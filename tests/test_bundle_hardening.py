@@ -509,3 +509,19 @@ def test_reading_and_running_a_bundle_with_external_data_needs_no_torch(tmp_path
     """)
     assert float(printed.split()[-1]) == pytest.approx(20.0)
 
+
+
+def test_external_data_without_the_onnx_package_says_what_to_install(tmp_path, monkeypatch) -> None:
+    """A runtime-only install has no `onnx`: a bundle with external weights is refused with the fix,
+    and a bundle without them never needs the package."""
+    def fill(folder: Path) -> None:
+        onnx.save(toy_graph(scale=3.0), str(folder / "model.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+
+    external = write_bundle(tmp_path / "external", toy_meta(), fill).path
+    plain = write_bundle(tmp_path / "plain", toy_meta(), lambda f: onnx.save(toy_graph(scale=3.0), str(f / "model.onnx"))).path
+    monkeypatch.setitem(sys.modules, "onnx", None)                  # `import onnx` raises ImportError
+    with pytest.raises(BundleError, match="needs the onnx package.*pip install onnx"):
+        edge_ad.load(external, backend="onnxruntime-cpu")
+    assert edge_ad.load(plain, backend="onnxruntime-cpu").predict(np.full((SIDE, SIDE, 3), 10, np.uint8)).score \
+        == pytest.approx(30.0)
