@@ -356,8 +356,12 @@ def _stream_sinks(args: argparse.Namespace, sources: list[str]) -> list:
         raise
     if video is not None:
         sinks.append(video)
-    if args.show and WindowSink.available():
-        sinks.append(WindowSink())
+    if args.show:
+        why = WindowSink.unavailable()
+        if why is None:
+            sinks.append(WindowSink())
+        else:
+            print(f"--show: no window: {why}", file=sys.stderr)
     return sinks
 
 

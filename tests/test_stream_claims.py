@@ -198,3 +198,21 @@ def test_prometheus_counts_reconnects_gaps_and_inference_errors_without_secrets(
     assert scraped[("edge_ad_reconnects_total", cam)] >= 1
     assert scraped[("edge_ad_disconnected_seconds_total", cam)] >= 0.5
     assert scraped[("edge_ad_inference_errors_total", "nan-cam")] == 3
+
+
+def test_show_says_why_no_window_opens(tiny_bundle, tmp_path, capsys, monkeypatch) -> None:
+    """--show without a display, or with the headless OpenCV, streams anyway and says why (no window)."""
+    from edge_ad.stream.sinks import WindowSink, opencv_gui
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((40, 40, 3), 100, np.uint8))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["stream", str(tiny_bundle), "--source", str(folder), "--show", "--backend", "onnxruntime-cpu"]) == 0
+    assert "--show: no window: no display" in capsys.readouterr().err
+    monkeypatch.setenv("DISPLAY", ":0")
+    if opencv_gui() == "NONE":
+        assert "no GUI" in WindowSink.unavailable() and not WindowSink.available()
+    else:
+        assert WindowSink.unavailable() is None

@@ -413,7 +413,17 @@ class WindowSink:
 
     @staticmethod
     def available() -> bool:
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        return WindowSink.unavailable() is None
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why no window can open here (no display, or an OpenCV built without a GUI), or None."""
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            return "no display (DISPLAY / WAYLAND_DISPLAY is not set)"
+        if opencv_gui() == "NONE":
+            return ("this OpenCV has no GUI (the headless wheel edge_ad installs on x86); for windows: "
+                    "pip uninstall opencv-python-headless && pip install opencv-python")
+        return None
 
     def write(self, item) -> None:
         name = f"{self.title}: {item.frame.source}"
@@ -424,6 +434,12 @@ class WindowSink:
     def close(self) -> None:
         for name in self.windows:
             cv2.destroyWindow(name)
+
+
+def opencv_gui() -> str:
+    """The GUI backend OpenCV was built with ("NONE" for the headless wheels), from its build information."""
+    match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    return match.group(1) if match else "unknown"
 
 
 def _overlay(item):
