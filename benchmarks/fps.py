@@ -39,12 +39,16 @@ import numpy as np
 from common import cpu_name, environment, write_json
 from papers import PAPERS
 
+from edge_ad.runtime.backend import BaseBackend
+
 FRAME = (480, 640)
 
 
-class TorchBackend:
+class TorchBackend(BaseBackend):
     """A Detector backend running a PyTorch module (eager, FP32, no grad) on uint8 NHWC batches, on the
     CPU or a CUDA GPU (the papers' setting); `steps` goes to a diffusion model's forward."""
+
+    name = "torch-eager"
 
     def __init__(self, module, steps: int | None = None, device: str = "cpu") -> None:
         import torch
@@ -114,7 +118,7 @@ def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: i
     precision = "fp16" if backend_name in ("torch-cuda-fp16", "tensorrt") else "fp32"
     # model mode: the backend on a prepared batch; where it post-processes on the GPU (torch-cuda-fp16,
     # tensorrt) that includes the heatmap kernel and the CUDA graph, scores back to the host.
-    on_device = getattr(detector.backend, "infer_heatmap", None)
+    on_device = detector.backend.device_heatmap
     model_call = (lambda: detector.heatmaps(prepared, maps=False)) if on_device else (lambda: detector.infer(prepared))
     for mode, call in (("model", model_call), ("stream", lambda: detector.predict(frames))):
         for _ in range(warmup):
@@ -136,6 +140,7 @@ def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: i
 def backends_for(model, bundle, wanted: list[str], steps: int | None = None, device: str = "cpu"):
     """torch / torch-folded: eager FP32 on `device`; torch-cuda-fp16: edge_ad's torch backend (autocast,
     CUDA graphs, heatmap kernel); onnxruntime; tensorrt (the bundle's FP16 engine, built on first use)."""
+    from edge_ad.models.base import AnomalyModel
     from edge_ad.runtime import Detector, load
     from edge_ad.runtime.tensorrt import tensorrt_missing
     from edge_ad.training.adapter import UInt8Input
@@ -144,7 +149,7 @@ def backends_for(model, bundle, wanted: list[str], steps: int | None = None, dev
         if name == "torch":
             yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std), steps, device))
         elif name == "torch-folded":
-            if hasattr(model, "folded"):
+            if type(model).folded is not AnomalyModel.folded:        # only models that fold (SimpleNet)
                 yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std), None, device))
         elif name == "torch-cuda-fp16":
             if device != "cuda":

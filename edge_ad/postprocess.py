@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 from types import ModuleType
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -97,7 +97,8 @@ _SCORE_FROM = ("smoothed", "raw")
 
 
 class HeatmapSpec(NamedTuple):
-    """The post-processing a model declares in its bundle (see DESIGN.md)."""
+    """The post-processing a model declares and its bundle stores (meta.json's `heatmap` is `_asdict()`):
+    one object for training, export and every backend, so none unpacks the fields by key."""
 
     output_size: tuple[int, int]
     smooth: str = "gaussian"
@@ -105,6 +106,30 @@ class HeatmapSpec(NamedTuple):
     window: int | None = None
     align_corners: bool = False
     score_from: str = "smoothed"
+
+    @classmethod
+    def from_meta(cls, fields: "Mapping[str, Any] | HeatmapSpec") -> "HeatmapSpec":
+        """A bundle's or run's stored `heatmap` object (validated by edge_ad.bundle on load) -> HeatmapSpec."""
+        if isinstance(fields, HeatmapSpec):
+            return fields
+        missing = [name for name in cls._fields if name not in fields]
+        if missing:
+            raise ValueError(f"the heat-map spec lacks {', '.join(missing)}; re-export the bundle")
+        h, w = fields["output_size"]
+        window = fields["window"]
+        return cls(output_size=(int(h), int(w)), smooth=str(fields["smooth"]), sigma=float(fields["sigma"]),
+                   window=None if window is None else int(window), align_corners=bool(fields["align_corners"]),
+                   score_from=str(fields["score_from"]))
+
+    def apply(self, raw: Any, *, threads: int | None = 1) -> tuple[Any, Any]:
+        """(full-size maps, scores) of raw N x 1 x h x w maps: numpy on the CPU kernel (`threads` 1 by
+        default: the inference engine owns the cores; None: the kernel's default), device arrays on the
+        CUDA kernel (`threads` ignored)."""
+        if isinstance(raw, np.ndarray):
+            raw = np.ascontiguousarray(raw, dtype=np.float32)
+        extra = {"threads": threads} if threads is not None else {}
+        return heatmap(raw, self.output_size, smooth=self.smooth, sigma=self.sigma, window=self.window,
+                       align_corners=self.align_corners, score_from=self.score_from, **extra)
 
 
 def cuda_available() -> bool:

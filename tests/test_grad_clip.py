@@ -7,10 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from edge_ad.models.base import AnomalyModel
+from edge_ad.postprocess import HeatmapSpec
 from edge_ad.training.fit import fit
 
 
-class Steep(nn.Module):
+class Steep(AnomalyModel):
     """A model whose loss 1000 * sum(w) has a gradient of norm 1000 * sqrt(16) = 4000 per step."""
 
     def __init__(self, max_grad_norm: float | None) -> None:
@@ -24,6 +26,9 @@ class Steep(nn.Module):
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.SGD([self.w], lr=1.0)]
+
+    def heatmap_spec(self) -> HeatmapSpec:
+        return HeatmapSpec(output_size=(1, 1))
 
 
 def _steps(tmp_path, clip: float | None) -> float:

@@ -136,18 +136,18 @@ def test_decision_is_score_above_threshold_and_threshold_normalizes_to_half(tiny
 def test_runtime_heatmap_is_the_declared_smoothing_of_the_raw_map(tiny_bundle) -> None:
     """Maps and scores against float64 bilinear + scipy Gaussian on the backend's own raw maps."""
     det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
-    spec = det.spec
-    assert spec["smooth"] == "gaussian"
+    spec = det.heatmap_spec
+    assert spec.smooth == "gaussian"
     prepared = np.stack([prepare(f[:, :, ::-1], det.geometry) for f in _frames(3, seed=2)])
     raw = det.infer(prepared)[:, 0].astype(np.float64)
-    size = tuple(spec["output_size"])
+    size = spec.output_size
     up = F.interpolate(torch.from_numpy(raw)[:, None], size=size, mode="bilinear",
-                       align_corners=spec["align_corners"])[:, 0].numpy()
-    want = ndi.gaussian_filter(up, sigma=(0, spec["sigma"], spec["sigma"]), mode="reflect", truncate=4.0)
+                       align_corners=spec.align_corners)[:, 0].numpy()
+    want = ndi.gaussian_filter(up, sigma=(0, spec.sigma, spec.sigma), mode="reflect", truncate=4.0)
     maps, scores = det.heatmaps(prepared)
     spread = float(np.ptp(want))
     np.testing.assert_allclose(maps, want, rtol=0, atol=1e-5 * spread)
-    assert spec["score_from"] == "raw"                     # SimpleNet: the image score is the raw map's max
+    assert spec.score_from == "raw"                     # SimpleNet: the image score is the raw map's max
     np.testing.assert_allclose(scores, raw.reshape(3, -1).max(axis=1), rtol=0, atol=1e-6 * spread)
     assert np.abs(up - want).max() > 1e-2 * spread        # the smoothing is not a no-op on these maps
 

@@ -1,8 +1,9 @@
 """The anomaly-detection models (one file each) and their shared parts, behind a small registry.
 
-Every model class carries `DEFAULTS = {"paper": {...}, "cpu": {...}}`: training epochs, batch size and
-constructor arguments, as its paper trains it and as the short CPU budget that the synthetic accuracy
-figures (benchmarks/results/accuracy-synthetic.json) were measured with.
+Every model subclasses `AnomalyModel` (models/base.py: the hooks training and export call) and carries
+`DEFAULTS = {"paper": {...}, "cpu": {...}}`: training epochs, batch size and constructor arguments, as
+its paper trains it and as the short CPU budget that the synthetic accuracy figures
+(benchmarks/results/accuracy-synthetic.json) were measured with.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the registry itself never imports torch: `edge-ad stream` runs without it
-    from torch import nn
+    from edge_ad.models.base import AnomalyModel
 
 _REGISTRY: dict[str, tuple[str, str]] = {
     "simplenet": ("edge_ad.models.simplenet", "SimpleNet"),
@@ -28,14 +29,22 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def model_class(name: str) -> "type[nn.Module]":
+def model_class(name: str) -> "type[AnomalyModel]":
+    """The registered class of `name`; it must subclass AnomalyModel (models/base.py), the interface
+    training, export and the torch backend rely on."""
+    from edge_ad.models.base import AnomalyModel
+
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    module, cls = _REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)
+    module, attr = _REGISTRY[name]
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyModel)):
+        raise TypeError(f"model {name!r} is registered as {module}.{attr}, which is not a subclass of "
+                        "edge_ad.models.base.AnomalyModel; derive it from AnomalyModel (see models/base.py)")
+    return cls
 
 
-def create_model(name: str, **kwargs: Any) -> "nn.Module":
+def create_model(name: str, **kwargs: Any) -> "AnomalyModel":
     """Build a model by name; None-valued kwargs are dropped so a model keeps its own defaults."""
     cls = model_class(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -52,4 +61,7 @@ def training_defaults(name: str, budget: str = "paper") -> dict:
     """{"epochs", "batch_size", "model_kwargs"} of a model under the "paper" or "cpu" budget."""
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
-    return dict(model_class(name).DEFAULTS[budget])
+    defaults = model_class(name).DEFAULTS
+    if budget not in defaults:
+        raise ValueError(f"model {name!r} declares no {budget!r} budget in its DEFAULTS; it has {', '.join(defaults)}")
+    return dict(defaults[budget])

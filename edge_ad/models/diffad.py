@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from edge_ad.models.autoencoder import Autoencoder
+from edge_ad.models.base import LATENT_DDIM, AnomalyModel
 from edge_ad.runtime.noise_schedules import alphas_cumprod, ddim_schedule, scaled_linear_betas, seeded_normal
 from edge_ad.models.draem import AnomalySynthesizer, focal_loss
 from edge_ad.models.unet import UNet
@@ -42,11 +42,11 @@ __all__ = ["DiffAD"]
 STAGES = ("autoencoder", "denoiser", "segmentation")
 
 
-class DiffAD(nn.Module):
+class DiffAD(AnomalyModel):
     """forward(x, latent=None) -> N x 1 x H x W anomaly probability map of the segmentation head."""
 
     STAGES = STAGES
-    PIPELINE = "latent_ddim"        # exported as four graphs with the DDIM loop in the runtime
+    PIPELINE = LATENT_DDIM          # exported as four graphs with the DDIM loop in the runtime
     DEFAULTS = {
         "paper": {"epochs": {"autoencoder": 200, "denoiser": 800, "segmentation": 700}, "batch_size": 8},
         # The CPU budget's condition noise stays below t = 250: with the full range and 60 denoiser epochs

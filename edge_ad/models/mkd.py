@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_ad.models.base import AnomalyModel
 from edge_ad.models.backbones import OFFLINE_BACKBONE, create_backbone, load_pretrained, normalization, resolve_backbone
 from edge_ad.postprocess import HeatmapSpec, heatmap
 
@@ -106,7 +107,7 @@ class Cloner(nn.Module):
         return outs
 
 
-class MKD(nn.Module):
+class MKD(AnomalyModel):
     """forward(x) -> N x 1 x h x w discrepancy map (higher = more anomalous) at the finest point's grid."""
 
     localization_modes = ("discrepancy", "gradient")   # the first is what bundles compute
@@ -190,17 +191,12 @@ class MKD(nn.Module):
         size = self.config["image_size"]
         return HeatmapSpec(output_size=(size, size), smooth="gaussian", sigma=4.0, score_from="smoothed")
 
-    def localize(self, x: torch.Tensor, mode: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
-        """Full-size maps (N x H x W) and image scores (N) of one localization mode, in PyTorch."""
-        if mode == "discrepancy":
-            spec = self.heatmap_spec()
-            with torch.no_grad():
-                raw = self(x).float().cpu().numpy()
-            return heatmap(np.ascontiguousarray(raw), spec.output_size, smooth=spec.smooth, sigma=spec.sigma,
-                           score_from=spec.score_from)
-        if mode != "gradient":
-            raise ValueError(f"unknown localization mode {mode!r}; choose from {self.localization_modes}")
-        return self._gradient_maps(x)
+    def localize(self, x: torch.Tensor, mode: str | None = "gradient") -> tuple[np.ndarray, np.ndarray]:
+        """Full-size maps (N x H x W) and image scores (N) of one localization mode, in PyTorch: the paper's
+        `gradient` maps here, `discrepancy` (what bundles compute) by the base class."""
+        if mode == "gradient":
+            return self._gradient_maps(x)
+        return super().localize(x, mode)
 
     def input_gradient(self, x: torch.Tensor) -> torch.Tensor:
         """dL/dx of each image's loss (all points), through the source and the cloner; eval mode."""

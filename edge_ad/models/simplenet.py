@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_ad.models.base import AnomalyModel
 from edge_ad.models.backbones import OFFLINE_BACKBONE, create_backbone, normalization
 from edge_ad.postprocess import HeatmapSpec
 
@@ -42,7 +43,7 @@ def adaptive_pool_matrix(length: int, bins: int) -> torch.Tensor:
     return matrix
 
 
-class SimpleNet(nn.Module):
+class SimpleNet(AnomalyModel):
     """forward(x) -> N x 1 x h x w raw patch scores (higher = more anomalous) at stride `strides[0]`."""
 
     DEFAULTS = {

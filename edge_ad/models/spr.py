@@ -26,16 +26,16 @@ import copy
 import math
 
 import torch
-from torch import nn
 
 from edge_ad.runtime.noise_schedules import SIGMA_MAX, seeded_normal
+from edge_ad.models.base import AnomalyModel
 from edge_ad.models.unet import UNet
 from edge_ad.postprocess import HeatmapSpec
 
 __all__ = ["SPR"]
 
 
-class SPR(nn.Module):
+class SPR(AnomalyModel):
     """forward(x, noise=None) -> N x 1 x H x W mean squared restoration error (higher = more anomalous)."""
 
     DEFAULTS = {

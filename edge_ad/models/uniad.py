@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_ad.models.base import AnomalyModel
 from edge_ad.models.backbones import OFFLINE_BACKBONE, create_backbone, normalization, resolve_backbone
 from edge_ad.postprocess import HeatmapSpec
 
@@ -84,7 +85,7 @@ class DecoderLayer(nn.Module):
         return self.norm3(q + self.drop3(self.ffn(q)))
 
 
-class UniAD(nn.Module):
+class UniAD(AnomalyModel):
     """forward(x) -> N x 1 x h x w reconstruction error (L2 over channels) on the stride-16 grid."""
 
     DEFAULTS = {

@@ -1,11 +1,12 @@
 """Device memory, pinned host memory and CUDA streams for the TensorRT runtime, behind one interface.
 
-The memory comes from pycuda (NVIDIA's classic route, in JetPack) or from torch where torch is
-installed; both hand out plain device addresses and `cudaStream_t` handles, so TensorRT
-(`set_tensor_address`, `execute_async_v3`), the heatmap/DDIM kernels and CUDA-graph capture
-(edge_ad._kernels) work the same on either. Copies go through edge_ad._kernels (`cudaMemcpyAsync`),
-so a source only allocates. Another source (cuda-python, which NVIDIA's samples use since
-TensorRT 10.14) needs only the four methods of `CudaBuffers`.
+The memory comes from cuda-python (what NVIDIA's TensorRT samples use since 10.14, and the `tensorrt`
+extra installs), pycuda (NVIDIA's classic route, in JetPack) or torch where torch is installed (its
+source lives on the training side, edge_ad/training/torch_buffers.py, named here by a lazy string: the
+runtime never imports torch). All hand out plain device addresses and `cudaStream_t` handles, so
+TensorRT (`set_tensor_address`, `execute_async_v3`), the heatmap/DDIM kernels and CUDA-graph capture
+(edge_ad._kernels) work the same on each. Copies go through edge_ad._kernels (`cudaMemcpyAsync`),
+so a source only allocates: another needs only the four methods of `CudaBuffers`.
 
 pycuda is opened on the device's primary context (`pycuda.autoprimaryctx`): the CUDA runtime that
 TensorRT and edge_ad._kernels use works in that same context.
@@ -15,15 +16,18 @@ Unverified: no GPU has run this module yet; nothing here is claimed to work unti
 
 from __future__ import annotations
 
-import importlib.util
+import ctypes
 import logging
 from abc import ABC, abstractmethod
 
 import numpy as np
 
+from edge_ad.runtime.devices import installed
+from edge_ad.runtime.lazy import import_ref
+
 log = logging.getLogger(__name__)
 
-__all__ = ["CudaBuffers", "PycudaBuffers", "TorchBuffers", "open_buffers"]
+__all__ = ["CudaBuffers", "CudaPythonBuffers", "PycudaBuffers", "SOURCES", "open_buffers"]
 
 
 class CudaBuffers(ABC):
@@ -101,54 +105,89 @@ class PycudaBuffers(CudaBuffers):
         self._owned.clear()
 
 
-class TorchBuffers(CudaBuffers):
-    """torch: CUDA byte tensors, pinned CPU tensors, `torch.cuda.Stream`; references are kept here."""
+class CudaPythonBuffers(CudaBuffers):
+    """cuda-python (NVIDIA's `cuda.bindings.runtime`, the route of TensorRT's own samples and of the
+    `tensorrt` extra): `cudaMalloc`, `cudaMallocHost`, `cudaStreamCreateWithFlags`. Unverified: no GPU
+    has run it; written against cuda-python 12.x, whose calls return (error, value) tuples."""
 
-    kind = "torch"
+    kind = "cuda-python"
 
-    def __init__(self, device: int = 0) -> None:
-        import torch
+    def __init__(self) -> None:
+        try:
+            from cuda.bindings import runtime as cudart            # cuda-python >= 12.6
+        except ImportError:
+            from cuda import cudart                                 # older layout
+        self.cudart = cudart
+        self._device: list[int] = []
+        self._host: list[int] = []
+        self._streams: list = []
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch sees no CUDA device; install a CUDA build of torch or use pycuda")
-        self.torch = torch
-        self.device_index = device
-        self._owned: list = []
+    def _check(self, result: tuple, call: str):
+        err, *value = result
+        if err != self.cudart.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"CUDA {call} failed: {self.cudart.cudaGetErrorString(err)[1]!r}")
+        return value[0] if value else None
 
     def device(self, nbytes: int) -> int:
-        t = self.torch.empty(max(int(nbytes), 1), dtype=self.torch.uint8, device=f"cuda:{self.device_index}")
-        self._owned.append(t)
-        return int(t.data_ptr())
+        ptr = int(self._check(self.cudart.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
+        self._device.append(ptr)
+        return ptr
 
     def pinned(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        t = self.torch.from_numpy(np.empty(0, dtype)).new_empty(shape).pin_memory()
-        self._owned.append(t)
-        return t.numpy()
+        dtype = np.dtype(dtype)
+        nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+        ptr = int(self._check(self.cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
+        self._host.append(ptr)
+        raw = (ctypes.c_byte * nbytes).from_address(ptr)
+        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
     def stream(self) -> int:
-        s = self.torch.cuda.Stream(device=self.device_index)
-        self._owned.append(s)
-        return int(s.cuda_stream)
+        s = self._check(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
+                        "cudaStreamCreateWithFlags")
+        self._streams.append(s)
+        return int(s)
 
     def close(self) -> None:
-        self._owned.clear()
-        self.torch.cuda.empty_cache()
+        for s in self._streams:
+            self.cudart.cudaStreamDestroy(s)
+        for ptr in self._device:
+            self.cudart.cudaFree(ptr)
+        for ptr in self._host:
+            self.cudart.cudaFreeHost(ptr)
+        self._streams.clear()
+        self._device.clear()
+        self._host.clear()
+
+
+# name -> (the module that must be installed, the class or its lazy "module:attribute"); "auto" tries them
+# in this order. torch's tensors come from edge_ad/training/torch_buffers.py: the runtime never imports torch.
+SOURCES: dict[str, tuple[str, type[CudaBuffers] | str]] = {
+    "torch": ("torch", "edge_ad.training.torch_buffers:TorchBuffers"),
+    "cuda-python": ("cuda", CudaPythonBuffers),
+    "pycuda": ("pycuda", PycudaBuffers),
+}
 
 
 def open_buffers(kind: str = "auto") -> CudaBuffers:
-    """`auto`: torch when it is installed with CUDA, else pycuda; or name one."""
+    """`auto`: the first of torch (installed with CUDA), cuda-python, pycuda that is installed and sees a
+    GPU; or name one."""
     if kind == "auto":
-        if importlib.util.find_spec("torch") is not None:
+        for name, (module, _) in SOURCES.items():
+            if not installed(module):
+                continue
             try:
-                return TorchBuffers()
-            except RuntimeError:
-                log.info("torch has no CUDA device here; device memory from pycuda instead")
-        kind = "pycuda"
-    if kind == "torch":
-        return TorchBuffers()
-    if kind == "pycuda":
-        if importlib.util.find_spec("pycuda") is None:
-            raise RuntimeError("the TensorRT runtime needs device memory from pycuda or torch: "
-                               "pip install pycuda (on a Jetson it builds from source), or install torch with CUDA")
-        return PycudaBuffers()
-    raise ValueError(f"buffer source must be 'auto', 'torch' or 'pycuda', got {kind!r}")
+                return _open(name)
+            except RuntimeError as err:
+                log.info("device memory from %s is not usable here (%s); trying the next source", name, err)
+        raise RuntimeError('the TensorRT runtime needs device memory from cuda-python, pycuda or torch: '
+                           'pip install "edge_ad[tensorrt]" (cuda-python), or pycuda (JetPack has it), or torch with CUDA')
+    if kind not in SOURCES:
+        raise ValueError(f"buffer source must be 'auto' or one of {', '.join(SOURCES)}, got {kind!r}")
+    if not installed(SOURCES[kind][0]):
+        raise RuntimeError(f"device memory from {kind} needs {kind} installed")
+    return _open(kind)
+
+
+def _open(name: str) -> CudaBuffers:
+    factory = SOURCES[name][1]
+    return (import_ref(factory) if isinstance(factory, str) else factory)()

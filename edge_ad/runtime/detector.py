@@ -15,7 +15,8 @@ import numpy as np
 
 from edge_ad.bundle import Bundle, BundleError
 from edge_ad.imaging import read_image, to_rgb_uint8
-from edge_ad.postprocess import heatmap
+from edge_ad.runtime.backend import Backend
+from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.runtime.result import InferenceError, Result
 
@@ -32,16 +33,21 @@ def check_color(color, where: str = "color") -> str:
 
 class Detector:
     """Runs a bundle on images of any size. `color` says what predict() receives: "BGR" (OpenCV's
-    order, the default for frames from cv2) or "RGB". Grayscale, RGBA and 16-bit input are converted."""
+    order, the default for frames from cv2) or "RGB". Grayscale, RGBA and 16-bit input are converted.
+    `backend`: anything that implements edge_ad.runtime.backend.Backend."""
 
-    def __init__(self, bundle: Bundle, backend, *, color: str = "BGR") -> None:
+    def __init__(self, bundle: Bundle, backend: Backend, *, color: str = "BGR") -> None:
         self.color = check_color(color)
         self.bundle = bundle
         self.backend = backend
         meta = bundle.meta
         self.geometry = Geometry.from_dict(meta["geometry"])
-        self.spec = meta["heatmap"]
+        self.heatmap_spec: HeatmapSpec = HeatmapSpec.from_meta(meta["heatmap"])
         self.threshold, self.image_norm, self.pixel_threshold, self.pixel_norm = _calibration(bundle)
+        if not isinstance(backend, Backend):
+            raise TypeError(f"a Detector's backend must implement edge_ad.runtime.backend.Backend (name, max_batch, "
+                            f"device_heatmap, infer, infer_heatmap, close; subclass BaseBackend for the defaults), "
+                            f"got {type(backend).__name__}")
 
     @property
     def model_name(self) -> str:
@@ -50,7 +56,7 @@ class Detector:
     @property
     def max_batch(self) -> int | None:
         """The largest batch the backend takes in one run (a TensorRT profile's max); None: any."""
-        return getattr(self.backend, "max_batch", None)
+        return self.backend.max_batch
 
     def predict(self, images: ImageInput | Sequence[ImageInput], *,
                 color: str | Sequence[str] | None = None) -> Result | list[Result]:
@@ -132,19 +138,15 @@ class Detector:
             bad = [i + start for start, (_, _, b) in zip(range(0, len(prepared), limit), parts) for i in b]
             return ((np.concatenate([m for m, _, _ in parts]) if maps else None),
                     np.concatenate([s for _, s, _ in parts]), bad)
-        on_device = getattr(self.backend, "infer_heatmap", None)
-        if on_device is not None:
-            out, scores = on_device(prepared, maps=maps)
+        if self.backend.device_heatmap:
+            out, scores = self.backend.infer_heatmap(prepared, maps=maps)
             return out, scores, _non_finite_rows(scores, out)
         raw = self.infer(prepared)
         out, scores = self._cpu_heatmap(raw)
         return (out if maps else None), scores, _non_finite_rows(scores, out, raw)
 
     def _cpu_heatmap(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s = self.spec
-        return heatmap(np.ascontiguousarray(raw, dtype=np.float32), tuple(s["output_size"]), smooth=s["smooth"],
-                       sigma=s["sigma"], window=s["window"], align_corners=s["align_corners"],
-                       score_from=s["score_from"], threads=1)
+        return self.heatmap_spec.apply(np.asarray(raw), threads=1)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend alone: prepared uint8 N x H x W x 3 -> raw maps N x 1 x h x w."""
@@ -174,9 +176,7 @@ class Detector:
         return Stream(self, source, **kwargs)
 
     def close(self) -> None:
-        close = getattr(self.backend, "close", None)
-        if close:
-            close()
+        self.backend.close()
 
     def __enter__(self) -> "Detector":
         return self

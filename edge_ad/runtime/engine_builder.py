@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from edge_ad.bundle import MAX_BATCH, Bundle
-from edge_ad.runtime.engines import DeviceKey, EngineSpec, store_engine
+from edge_ad.runtime.devices import tensorrt_missing
+from edge_ad.runtime.engines import DeviceKey, EngineSpec, cache_dir, store_engine
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,6 @@ def build_and_store(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], 
     """Build the engine of one FP16 graph of the bundle for this device and keep it."""
     import tensorrt as trt
 
-    from edge_ad.runtime.engines import cache_dir
-
     key = DeviceKey.current(trt.__version__)
     source = graph
     if typing == "weak" or (typing == "auto" and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")):
@@ -230,8 +229,6 @@ def build_bundle_engines(bundle: Bundle, *, batch: tuple[int, int, int], typing:
                          dla_core: int | None = None) -> list[Path]:
     """`edge-ad export BUNDLE --engine`: one engine per FP16 graph of the bundle (four for DiffAD)."""
     batch = check_batch(batch)                # before TensorRT is even looked for
-    from edge_ad.runtime.tensorrt import tensorrt_missing
-
     reason = tensorrt_missing()
     if reason:
         raise RuntimeError(f"building TensorRT engines needs TensorRT and a GPU on the device that will run them "

@@ -1,5 +1,9 @@
 """ONNX Runtime backend: the CPU provider everywhere, the CUDA provider when a CUDA device is present.
 
+`OrtBackend` runs a single-graph bundle, `LatentDdimBackend` a diffusion bundle's four graphs around
+the host DDIM loop; `open_onnxruntime` is the registry's factory that picks one. Needs the `cpu` extra
+(onnxruntime) or the `gpu` extra (onnxruntime-gpu).
+
 The CUDA-provider path is unverified: no GPU has run it yet (it is only chosen when a device exists,
 and the session's active providers are checked, not the advertised ones)."""
 
@@ -10,25 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ad.bundle import BundleError
+from edge_ad.bundle import Bundle, BundleError
+from edge_ad.runtime.backend import BaseBackend, LoadOptions
+from edge_ad.runtime.ddim_plan import DdimPlan
+from edge_ad.runtime.devices import gpu_present
+from edge_ad.runtime.inputs import seeded_inputs
+from edge_ad.runtime.latent_ddim import PARTS, DdimPipeline, session_runner
+
+__all__ = ["LatentDdimBackend", "OrtBackend", "check_image_input", "gpu_present", "open_onnxruntime", "ort_session"]
 
 log = logging.getLogger(__name__)
 
 # What ONNX Runtime raises for a file it cannot take as a model (they derive from Exception only).
 _MODEL_ERRORS = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotFound",
                  "NotImplemented")
-
-
-def gpu_present() -> bool:
-    """A CUDA driver and device exist (asked through the kernels' statically linked CUDA runtime,
-    or the driver library when the kernels were built without CUDA)."""
-    from edge_ad import _kernels
-
-    if _kernels.has_cuda:
-        return _kernels.cuda_device_count() > 0
-    import ctypes.util
-
-    return ctypes.util.find_library("cuda") is not None
 
 
 def ort_session(model_path: Path, *, device: str = "auto", threads: int | None = None, spinning: bool = False):
@@ -90,7 +89,7 @@ def check_image_input(session, model_path: Path, input_hw: tuple[int, int] | Non
                           "the bundle")
 
 
-class OrtBackend:
+class OrtBackend(BaseBackend):
     """infer(uint8 N x H x W x 3) -> float32 raw maps N x 1 x h x w.
 
     `feeds` are the graph's other inputs, fixed for the backend's life (SPR's seeded noise); `input_hw`
@@ -115,3 +114,38 @@ class OrtBackend:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: batch, **self.feeds})[0]
+
+
+class LatentDdimBackend(BaseBackend):
+    """A DiffAD bundle on ONNX Runtime: one session per graph, the loop in `DdimPipeline` (the host loop
+    of the bundle's `DdimPlan`)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, plan: DdimPlan, *, device: str = "auto", threads: int | None = None) -> None:
+        graphs = bundle.meta["pipeline"]["graphs"]
+        self.sessions = {}
+        for part in PARTS:
+            self.sessions[part], self.device = ort_session(bundle.file(graphs[part]), device=device, threads=threads)
+        self.pipeline = DdimPipeline({p: session_runner(s) for p, s in self.sessions.items()}, plan=plan)
+
+    @property
+    def plan(self) -> DdimPlan:
+        return self.pipeline.plan
+
+    @property
+    def steps(self) -> int:
+        return self.pipeline.steps
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.pipeline.infer(batch)
+
+
+def open_onnxruntime(bundle: Bundle, options: LoadOptions) -> BaseBackend:
+    """The registry's factory: the DDIM pipeline for a diffusion bundle, else the bundle's one graph with
+    its seeded noise inputs."""
+    if options.plan is not None:
+        return LatentDdimBackend(bundle, options.plan, device=options.device, threads=options.threads)
+    feeds = seeded_inputs(bundle.meta.get("graph_inputs", {}), options.seed)
+    return OrtBackend(bundle.file("model.onnx"), device=options.device, threads=options.threads, feeds=feeds,
+                      input_hw=(bundle.meta["input"]["height"], bundle.meta["input"]["width"]))

@@ -24,27 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from edge_ad.bundle import Bundle
+from edge_ad.bundle import Bundle, BundleError
+from edge_ad.runtime.backend import BaseBackend, LoadOptions
 from edge_ad.runtime.buffers import CudaBuffers, open_buffers
+from edge_ad.runtime.ddim_plan import DdimPlan
+from edge_ad.runtime.devices import tensorrt_missing
+from edge_ad.runtime.engine_builder import build_and_store
+from edge_ad.runtime.engines import DeviceKey, EngineSpec, describe_engines, find_engine
+from edge_ad.postprocess import HeatmapSpec
+from edge_ad.runtime.inputs import seeded_inputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrtEngine", "TrtBackend", "tensorrt_missing"]
-
-
-def tensorrt_missing() -> str | None:
-    """Why the TensorRT backend cannot run here, or None when it can."""
-    import importlib.util
-
-    from edge_ad import _kernels
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT not installed"
-    if not _kernels.has_cuda:
-        return "edge_ad was built without its CUDA kernels"
-    if _kernels.cuda_device_count() == 0:
-        return f"no usable CUDA GPU: {_kernels.cuda_init_error()}"
-    return None
+__all__ = ["TrtBackend", "TrtDdimBackend", "TrtEngine", "load_plan", "open_tensorrt", "tensorrt_missing"]
 
 
 class TrtEngine:
@@ -122,19 +114,22 @@ class TrtEngine:
         self.engine = None
 
 
-class _DeviceHeatmap:
+class _DeviceHeatmap(BaseBackend):
     """The device side shared by the TensorRT backends: heatmap buffers, the copy out, CUDA graphs.
 
     Subclasses set `self.engine` (whose stream everything runs on), `self.raw` (address of the raw
     map), `self.h`, `self.w`, `self.host_in` and implement `_forward(n)` (copy in + engines)."""
 
-    def _setup_heatmap(self, spec: dict, max_batch: int) -> None:
+    name = "tensorrt"
+    device_heatmap = True
+
+    def _setup_heatmap(self, spec: HeatmapSpec, max_batch: int) -> None:
         from edge_ad import _kernels
 
         self.k = _kernels
         self.spec = spec
         self.graphs: dict[tuple[int, bool], int] = {}
-        self.out_h, self.out_w = spec["output_size"]
+        self.out_h, self.out_w = spec.output_size
         self.host_maps = self.buffers.pinned((max_batch, self.out_h, self.out_w), np.float32)
         self.host_scores = self.buffers.pinned((max_batch,), np.float32)
         self.maps = self.buffers.device(self.host_maps.nbytes)
@@ -143,10 +138,10 @@ class _DeviceHeatmap:
 
     def _kernel_args(self, n: int) -> dict[str, Any]:
         s = self.spec
-        common = dict(smooth=s["smooth"], sigma=float(s["sigma"]), window=int(s["window"] or 0),
-                      align_corners=bool(s["align_corners"]))
+        common = dict(smooth=s.smooth, sigma=float(s.sigma), window=int(s.window or 0),
+                      align_corners=bool(s.align_corners))
         ws = self.k.heatmap_cuda_workspace_bytes(n, self.h, self.w, self.out_h, self.out_w, **common)
-        return {"workspace_bytes": ws, **common, "score_from_raw": s["score_from"] == "raw"}
+        return {"workspace_bytes": ws, **common, "score_from_raw": s.score_from == "raw"}
 
     def _forward(self, n: int) -> None:
         raise NotImplementedError
@@ -192,11 +187,6 @@ class _DeviceHeatmap:
             engine.close()
         self.buffers.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class TrtBackend(_DeviceHeatmap):
@@ -206,9 +196,7 @@ class TrtBackend(_DeviceHeatmap):
     maps=...)` is what the Detector calls: the full-size maps (or None) and scores. A context manager.
     """
 
-    name = "tensorrt"
-
-    def __init__(self, plan: bytes, spec: dict, *, buffers: str = "auto", cuda_graph: bool = True,
+    def __init__(self, plan: bytes, spec: HeatmapSpec, *, buffers: str = "auto", cuda_graph: bool = True,
                  feeds: dict[str, np.ndarray] | None = None) -> None:
         self.buffers = open_buffers(buffers)
         self.engine = e = TrtEngine(plan, self.buffers)
@@ -243,33 +231,29 @@ class TrtBackend(_DeviceHeatmap):
 class TrtDdimBackend(_DeviceHeatmap):
     """DiffAD on TensorRT with the latent on the device: the four engines share one stream, read each
     other's buffers (their tensor addresses are wired together), and the `ddim_step` kernel updates the
-    latent in place between denoiser runs; with `cuda_graph` the whole loop + heatmap is one graph."""
+    latent in place between denoiser runs; with `cuda_graph` the whole loop + heatmap is one graph.
+    `plan`: the bundle's DDIM plan (steps, alphas, seeded start), resolved at load; this is the loop on
+    the device, as `DdimPlan.sample_host` is the loop on the host."""
 
-    name = "tensorrt"
-
-    def __init__(self, plans: dict[str, bytes], pipeline: dict, *, steps: int | None = None,
-                 seed: int | None = None, buffers: str = "auto", cuda_graph: bool = True, spec: dict | None = None) -> None:
-        from edge_ad.runtime.noise_schedules import ddim_schedule, seeded_normal
-
+    def __init__(self, plans: dict[str, bytes], plan: DdimPlan, spec: HeatmapSpec, *, buffers: str = "auto",
+                 cuda_graph: bool = True) -> None:
         self.buffers = open_buffers(buffers)
         self.enc = TrtEngine(plans["encoder"], self.buffers)
         stream = self.enc.stream
         self.den, self.dec, self.seg = (TrtEngine(plans[p], self.buffers, stream) for p in ("denoiser", "decoder", "segmentation"))
         self.engine, self.cuda_graph = self.enc, cuda_graph
-        self.plan = ddim_schedule(int(steps or pipeline["steps"]), timesteps=pipeline["timesteps"],
-                                  beta_start=pipeline["beta_start"], beta_end=pipeline["beta_end"])
-        self.clamp = pipeline.get("clamp")
+        self.plan = plan
         self.max_batch = nmax = min(e.max_batch for e in (self.enc, self.den, self.dec, self.seg))
         self._wire()
-        self.latent_count = int(np.prod(pipeline["latent_shape"]))
+        self.latent_count = int(np.prod(plan.latent_shape))
         self.host_in = self.buffers.pinned((nmax, *self.enc.shapes["images"][1:]), np.uint8)
-        self.host_start = self.buffers.pinned((nmax, *pipeline["latent_shape"]), np.float32)
-        self.host_start[:] = seeded_normal(int(pipeline["seed"] if seed is None else seed), (1, *pipeline["latent_shape"]))
-        self.host_t = self.buffers.pinned((len(self.plan.timesteps), nmax), np.float32)
-        self.host_t[:] = np.asarray(self.plan.timesteps, np.float32)[:, None]
+        self.host_start = self.buffers.pinned((nmax, *plan.latent_shape), np.float32)
+        self.host_start[:] = plan.start
+        self.host_t = self.buffers.pinned((plan.steps, nmax), np.float32)
+        self.host_t[:] = np.asarray(plan.timesteps, np.float32)[:, None]
         self.h, self.w = self.seg.shapes[self.seg.outputs[0]][-2:]
         self.raw = self.seg.address[self.seg.outputs[0]]
-        self._setup_heatmap(spec or pipeline.get("heatmap", {}), nmax)
+        self._setup_heatmap(spec, nmax)
 
     def _wire(self) -> None:
         """Point each engine's inputs at the buffers that produce them."""
@@ -289,17 +273,17 @@ class TrtDdimBackend(_DeviceHeatmap):
         self.buffers.htod(self.enc.address["images"], self.host_in[:n], stream)
         self.enc.enqueue()
         self.buffers.htod(z, self.host_start[:n], stream)
-        for k, (a_t, a_prev) in enumerate(zip(self.plan.alpha_bar, self.plan.alpha_bar_prev)):
+        for k, (a_t, a_prev) in enumerate(self.plan.alphas()):
             self.buffers.htod(self.den.address["timestep"], self.host_t[k, :n], stream)
             self.den.enqueue()
             self.k.ddim_step_cuda(z, self.den.address["eps"], z, n * self.latent_count, "float32", float(a_t),
-                                  float(a_prev), clamp=self.clamp, stream=stream)
+                                  float(a_prev), clamp=self.plan.clamp, stream=stream)
         self.dec.enqueue()
         self.seg.enqueue()
 
     @property
     def steps(self) -> int:
-        return len(self.plan.timesteps)
+        return self.plan.steps
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw maps to the host (no CUDA graph): what `Detector.infer` and the benchmarks' model mode time."""
@@ -320,8 +304,6 @@ def load_plan(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], build:
     """The engine of `graph` for this GPU and TensorRT: from the bundle or cache, else built now."""
     import tensorrt as trt
 
-    from edge_ad.runtime.engines import DeviceKey, EngineSpec, describe_engines, find_engine
-
     key = DeviceKey.current(trt.__version__)
     spec = EngineSpec(graph, "fp16", batch[0], batch[2])
     found = find_engine(bundle, spec, key)
@@ -336,7 +318,26 @@ def load_plan(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], build:
                 "minutes (longer on a Jetson) and happens once; `edge-ad export BUNDLE --engine` does it ahead of time",
                 key.gpu, key.compute_capability, key.tensorrt, bundle.path,
                 f" (it has: {'; '.join(carried)})" if carried else "", graph)
-    from edge_ad.runtime.engine_builder import build_and_store
-
     path, _ = build_and_store(bundle, graph, batch=batch)
     return path.read_bytes()
+
+
+def open_tensorrt(bundle: Bundle, options: LoadOptions) -> _DeviceHeatmap:
+    """The registry's factory: the bundle's FP16 engines for this GPU (built now when missing and
+    `options.build_engine`), one backend for a single graph, the device DDIM loop for a diffusion bundle."""
+    reason = tensorrt_missing()
+    if reason:
+        hint = ' (pip install "edge_ad[tensorrt]": TensorRT + cuda-python)' if reason == "TensorRT not installed" else ""
+        raise RuntimeError(f"backend 'tensorrt' cannot run here: {reason}{hint}; use backend='onnxruntime'")
+    if "fp16" not in bundle.meta:
+        raise BundleError(f"{bundle.path} has no FP16 graphs for TensorRT (exported by edge_ad "
+                          f"{bundle.meta.get('edge_ad_version')}); re-export it with `edge-ad export RUN --out BUNDLE`")
+    spec = HeatmapSpec.from_meta(bundle.meta["heatmap"])
+    build = dict(batch=options.batch, build=options.build_engine)
+    if options.plan is not None:
+        graphs = bundle.meta["pipeline"]["graphs"]
+        plans = {part: load_plan(bundle, bundle.meta["fp16"][graph], **build) for part, graph in graphs.items()}
+        return TrtDdimBackend(plans, options.plan, spec, cuda_graph=options.cuda_graph)
+    plan = load_plan(bundle, bundle.meta["fp16"]["model.onnx"], **build)
+    return TrtBackend(plan, spec, cuda_graph=options.cuda_graph,
+                      feeds=seeded_inputs(bundle.meta.get("graph_inputs", {}), options.seed))

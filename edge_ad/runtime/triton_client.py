@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from edge_ad.bundle import Bundle, check_name
+from edge_ad.runtime.backend import BaseBackend, LoadOptions
 
-__all__ = ["TritonBackend", "model_names"]
+__all__ = ["TritonBackend", "model_names", "open_triton"]
 
 
 def model_names(bundle: Bundle) -> dict[str, str]:
@@ -26,7 +27,7 @@ def model_names(bundle: Bundle) -> dict[str, str]:
     return {"onnx": f"{name}_onnx", "tensorrt": f"{name}_trt"}
 
 
-class TritonBackend:
+class TritonBackend(BaseBackend):
     """infer(uint8 N x H x W x 3) -> raw maps, computed by a Triton server."""
 
     name = "triton"
@@ -36,7 +37,8 @@ class TritonBackend:
         try:
             import tritonclient.grpc as grpcclient
         except ImportError:
-            raise RuntimeError('the Triton backend needs tritonclient: pip install "tritonclient[grpc]"') from None
+            raise RuntimeError('the Triton backend needs tritonclient: pip install "edge_ad[triton]" '
+                               '(or "tritonclient[grpc]")') from None
         names = model_names(bundle)                     # checked before anything goes on the wire
         self.input = check_name(bundle.meta["input"]["name"], "input.name", str(bundle.path))
         self.output = check_name(bundle.meta["outputs"][0]["name"], "outputs[0].name", str(bundle.path))
@@ -68,3 +70,9 @@ class TritonBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def open_triton(bundle: Bundle, options: LoadOptions) -> TritonBackend:
+    """The registry's factory: a single-graph bundle's model on the Triton server at `options.triton_url`
+    (default localhost:8001)."""
+    return TritonBackend(bundle, url=options.triton_url or "localhost:8001", seed=options.seed)

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_ad.imaging import MAX_PIXELS_ENV
 from edge_ad.logs import escape_controls, redact_source_url
-from edge_ad.stream.sources import Source
+from edge_ad.stream.source_base import Source
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,18 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-import edge_ad
+from edge_ad import __version__
 from edge_ad.imaging import max_image_pixels
 from edge_ad.logs import Throttle, escape_controls, redact
-from edge_ad.runtime.result import Result
-from edge_ad.stream.sources import Frame, Source, open_source
+from edge_ad.stream.source_base import Frame, Source
+from edge_ad.stream.sources import open_source
+
+if TYPE_CHECKING:                  # the stream runs any detector; it never imports the runtime
+    from edge_ad.runtime.result import Result
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ class Stream:
             for source in started:
                 source.close()
             raise
-        self._event({"event": "start", "time": time.time(), "edge_ad": edge_ad.__version__,
+        self._event({"event": "start", "time": time.time(), "edge_ad": __version__,
                      "model": self.detector.model_name, "backend": getattr(self.detector.backend, "name", "?"),
                      "batch": self.batch, "sources": [s.name for s in self.sources]})
         log.info("streaming %d source(s) in batches of up to %d: %s", len(self.sources), self.batch,

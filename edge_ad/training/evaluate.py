@@ -2,8 +2,8 @@
 
 The first mode is always what bundles compute (the model's forward map through the heatmap kernel). A
 model with other modes (MKD's paper-style `gradient` maps) lists them in `localization_modes` and
-provides `localize(x, mode) -> (maps, scores)`; all modes are scored on the same images, so a
-departure of the exported mode from the paper is a measured difference, not a guess.
+computes them in `localize(x, mode) -> (maps, scores)` (models/base.py); all modes are scored on the
+same images, so a departure of the exported mode from the paper is a measured difference, not a guess.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_ad.models.base import AnomalyModel
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.data import Prepared, loader
 from edge_ad.training.predict import metrics, predict, predict_with
 from edge_ad.training.fit import write_text_atomic
 from edge_ad.training.run import EVAL_FILE, check_device, load_categories, load_run
-EXPORTED = "exported"
 
 
 def evaluate_run(run: str | Path, *, data: list[str] | None = None, modes: list[str] | None = None,
@@ -30,7 +30,7 @@ def evaluate_run(run: str | Path, *, data: list[str] | None = None, modes: list[
     check_device(device)
     info, model = load_run(run)
     model = model.to(device)
-    available = list(getattr(model, "localization_modes", (EXPORTED,)))
+    available = list(model.localization_modes)
     exported_mode = available[0]
     modes = modes or available
     if batch_size < 1:
@@ -58,7 +58,7 @@ def evaluate_run(run: str | Path, *, data: list[str] | None = None, modes: list[
     return report
 
 
-def _localizer(model: torch.nn.Module, wrapped: UInt8Input, mode: str):
+def _localizer(model: AnomalyModel, wrapped: UInt8Input, mode: str):
     def run(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         return model.localize(wrapped.normalize(images), mode)
     return run

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from edge_ad.bundle import DiskFullError, file_sha256, is_disk_full   # one notion of a full disk, training and export
+from edge_ad.models.base import AnomalyModel
 
 __all__ = ["CHECKPOINT", "CheckpointError", "DiskFullError", "TrainingDivergedError", "capture_rng",
            "clean_temporaries", "file_sha256", "fit", "is_disk_full", "load_checkpoint", "non_finite_weights",
@@ -241,10 +242,10 @@ def _model_generators(model: nn.Module) -> dict[str, np.random.Generator]:
 
 # The loop --------------------------------------------------------------------------------------------------
 
-def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
+def fit(model: AnomalyModel, data: DataLoader, inputs: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
         run_dir: Path, device: str, resume: bool = False, extra: dict | None = None,
         state: dict | None = None, on_epoch: Callable[[int, list[float], str], None] | None = None) -> list[float]:
-    """Train `model` (it provides training_loss(x) and optimizers(), optionally max_grad_norm and after_step()) on
+    """Train `model` (its training_loss(x), optimizers(), max_grad_norm and after_step(): models/base.py) on
     batches turned into model input by `inputs` (the export's own UInt8Input.normalize); returns the
     loss of every epoch of this training, the epochs of earlier sessions included when resuming.
 
@@ -265,8 +266,7 @@ def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], tor
         losses = [float(x) for x in state.get("losses", [])][:start]
         restore_rng(state.get("rng", {}), data, model)
         print(f"resuming after epoch {start} of {epochs}")
-    clip = getattr(model, "max_grad_norm", None)
-    after_step = getattr(model, "after_step", None)     # e.g. SPR's EMA update
+    clip = model.max_grad_norm
     trainable = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start, epochs):
         model.train()
@@ -288,8 +288,7 @@ def fit(model: nn.Module, data: DataLoader, inputs: Callable[[torch.Tensor], tor
                                     (index, _batches(data)))
             for opt in optimizers:
                 opt.step()
-            if after_step is not None:
-                after_step()
+            model.after_step()                   # e.g. SPR's EMA update
             total += value * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{total / count:.4f}")

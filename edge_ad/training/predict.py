@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edge_ad.metrics import aupro, image_auroc, pixel_auroc
-from edge_ad.postprocess import HeatmapSpec, heatmap
+from edge_ad.postprocess import HeatmapSpec
 
 
 def predict(model: nn.Module, data: DataLoader, spec: HeatmapSpec, device: str) -> dict:
@@ -20,9 +20,7 @@ def predict(model: nn.Module, data: DataLoader, spec: HeatmapSpec, device: str) 
 
     @torch.no_grad()
     def run(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        raw = model(images).float().cpu().numpy()
-        return heatmap(np.ascontiguousarray(raw), spec.output_size, smooth=spec.smooth, sigma=spec.sigma,
-                       window=spec.window, align_corners=spec.align_corners, score_from=spec.score_from)
+        return spec.apply(model(images).float().cpu().numpy(), threads=None)
 
     return predict_with(run, data, device)
 

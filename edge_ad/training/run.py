@@ -35,6 +35,8 @@ from torch.utils.data import ConcatDataset
 import edge_ad
 from edge_ad.data import MVTecDataset
 from edge_ad.models import create_model, training_defaults
+from edge_ad.models.base import AnomalyModel
+from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.calibrate import Calibration, CalibrationError, calibrate
@@ -107,11 +109,11 @@ def load_categories(data: str | list[str]) -> list[Category]:
 
 # Checks made before anything is trained or written ---------------------------------------------------------
 
-def _check_stage_epochs(model, epochs: int | dict) -> None:
+def _check_stage_epochs(model: AnomalyModel, epochs: int | dict) -> None:
     """Per-stage epochs name exactly the model's stages (a staged model only)."""
     if not isinstance(epochs, dict):
         return
-    stages = list(getattr(model, "STAGES", ()))
+    stages = list(model.STAGES)
     if sorted(epochs) != sorted(stages):
         raise ValueError(f"epochs per stage must name the stages {stages or '(this model has none)'}, got "
                          f"{sorted(epochs)}; or give one number of epochs for every stage")
@@ -182,9 +184,9 @@ def _check_out(run_dir: Path, folders: list[str]) -> None:
                            "so that its files never mix with the images")
 
 
-def _selected_stages(model: torch.nn.Module, cfg: TrainConfig) -> list[str] | None:
+def _selected_stages(model: AnomalyModel, cfg: TrainConfig) -> list[str] | None:
     """The stages to run (staged models), checked; None for a model trained in one go."""
-    if not hasattr(model, "STAGES"):
+    if not model.STAGES:
         if cfg.stages:
             raise ValueError(f"--stage is for staged models (diffad); {cfg.model} trains in one go")
         return None
@@ -276,7 +278,7 @@ def _finite_or_null(value):
     return value
 
 
-def _check_same_settings(run_dir: Path, state: dict, cfg: TrainConfig, model: torch.nn.Module, run_info: dict,
+def _check_same_settings(run_dir: Path, state: dict, cfg: TrainConfig, model: AnomalyModel, run_info: dict,
                          *, training: bool) -> None:
     """The checkpoint was made by this model with this geometry and configuration (and, to resume,
     the same batch size, seed and data split); otherwise say what differs."""
@@ -298,7 +300,7 @@ def _check_same_settings(run_dir: Path, state: dict, cfg: TrainConfig, model: to
                        "run with --overwrite or another --out")
 
 
-def _resume_state(run_dir: Path, info: dict | None, cfg: TrainConfig, model: torch.nn.Module,
+def _resume_state(run_dir: Path, info: dict | None, cfg: TrainConfig, model: AnomalyModel,
                   run_info: dict, *, training: bool) -> dict | None:
     """The checkpoint to continue from, checked against the run and the arguments; None when the run
     in the folder has no checkpoint of its own yet (it then starts from epoch 0)."""
@@ -382,8 +384,8 @@ def train(cfg: TrainConfig) -> dict:
                 return {"stages_done": done, "seconds": time.perf_counter() - start}
             progress = {"stages_done": done}
         else:
-            if state is None and hasattr(model, "prepare_training"):   # e.g. SimpleNet's feature statistics
-                model.prepare_training(wrapped.normalize(b["image"].to(cfg.device)) for b in train_data)
+            if state is None:                    # e.g. SimpleNet's feature statistics
+                _prepare(model, train_data, wrapped, cfg.device)
 
             def on_epoch(epoch: int, so_far: list[float], sha: str) -> None:
                 writer.write(status=TRAINING, epochs_done=epoch, losses=so_far, checkpoint_sha256=sha)
@@ -408,7 +410,7 @@ class _Start:
     previous_losses: dict = field(default_factory=dict)   # staged models: losses of earlier stages
 
 
-def _begin(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, run_info: dict,
+def _begin(run_dir: Path, cfg: TrainConfig, model: AnomalyModel, run_info: dict,
            selected: list[str] | None) -> _Start:
     """Decide what this training does with the folder (new run, replace, resume, continue stages),
     check it, and mark the run as training in run.json before any checkpoint is touched."""
@@ -482,7 +484,17 @@ def _calibrate_and_evaluate(run_dir: Path, model, wrapped, categories, geometry,
     return calibration, result
 
 
-def run_stages(model: torch.nn.Module, cfg: TrainConfig, data, wrapped: UInt8Input, epochs: int | dict,
+def _prepare(model: AnomalyModel, data, wrapped: UInt8Input, device: str) -> None:
+    """model.prepare_training on the normalized training batches, for the models that prepare (override
+    the hook). Only those get the batches: creating them starts a pass of the loader, which draws once
+    from its shuffling generator whether or not the model reads a batch, so handing them to every model
+    would change the shuffling (and the weights) of a given seed for the models that do not prepare."""
+    if type(model).prepare_training is AnomalyModel.prepare_training:
+        return
+    model.prepare_training(wrapped.normalize(b["image"].to(device)) for b in data)
+
+
+def run_stages(model: AnomalyModel, cfg: TrainConfig, data, wrapped: UInt8Input, epochs: int | dict,
                extra: dict, *, state: dict | None = None, writer: _RunWriter | None = None,
                previous_losses: dict | None = None) -> tuple[dict, list[str]]:
     """Fit a staged model's stages in order (all, or `cfg.stages`), each from the weights the earlier
@@ -503,8 +515,8 @@ def run_stages(model: torch.nn.Module, cfg: TrainConfig, data, wrapped: UInt8Inp
             continue
         model.set_stage(stage)
         again = bool(cfg.resume and state is not None and state.get("stage") == stage)
-        if not again and hasattr(model, "prepare_training"):
-            model.prepare_training(wrapped.normalize(b["image"].to(cfg.device)) for b in data)
+        if not again:                            # e.g. DiffAD's latent scale before the denoiser
+            _prepare(model, data, wrapped, cfg.device)
         n = epochs[stage] if isinstance(epochs, dict) else epochs
         print(f"stage {stage}: {n} epochs")
         stage_extra = {**extra, "stage": stage, "stages_done": done}
@@ -526,7 +538,7 @@ def run_stages(model: torch.nn.Module, cfg: TrainConfig, data, wrapped: UInt8Inp
 
 # Reading a run back ----------------------------------------------------------------------------------------
 
-def load_run(run_dir: str | Path) -> tuple[dict, torch.nn.Module]:
+def load_run(run_dir: str | Path) -> tuple[dict, AnomalyModel]:
     """A complete run's description (run.json) and its trained model (eval mode, weights from the
     checkpoint). Refused with a message: an unfinished run, a damaged run.json or calibration, and a
     checkpoint that is not the one run.json describes."""
@@ -599,7 +611,7 @@ def _check_legacy(run_dir: Path, info: dict, state: dict) -> None:
                        "e.g. a retrain was interrupted; continue it with --resume or retrain with --overwrite")
 
 
-def evaluate_categories(model: torch.nn.Module, categories: list[Category], geometry: Geometry, spec,
+def evaluate_categories(model: torch.nn.Module, categories: list[Category], geometry: Geometry, spec: HeatmapSpec,
                         batch_size: int, device: str) -> dict:
     """Metrics of one category, or per category plus their mean (the unified setting's report).
     A metric no category can give is null, with the reasons in `absent`."""

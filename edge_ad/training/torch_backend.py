@@ -22,21 +22,29 @@ from pathlib import Path
 import numpy as np
 
 from edge_ad.bundle import Bundle, BundleError
+from edge_ad.runtime.backend import BaseBackend, LoadOptions
+from edge_ad.runtime.ddim_plan import DdimPlan
+from edge_ad.models.base import LATENT_DDIM
+from edge_ad.postprocess import HeatmapSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchBackend", "model_config"]
+__all__ = ["TorchBackend", "model_config", "open_torch"]
 
 MAX_UNRECORDED = 64           # perturbations / latent channels of a bundle that records no shape for them
 
 
-class TorchBackend:
-    """infer(uint8 N x H x W x 3) -> raw maps; on CUDA also infer_heatmap(batch, maps=...)."""
+class TorchBackend(BaseBackend):
+    """infer(uint8 N x H x W x 3) -> raw maps; on CUDA also infer_heatmap(batch, maps=...) (`device_heatmap`).
+
+    A diffusion bundle runs the model's own DDIM loop with the bundle's `DdimPlan` (its steps and seeded
+    start latent): `plan`, or one resolved from meta.json's pipeline and `steps`/`seed`."""
 
     name = "torch"
 
     def __init__(self, bundle: Bundle, *, device: str = "auto", steps: int | None = None, seed: int | None = None,
-                 cuda_graph: bool = True, channels_last: bool = False, autotune: bool = False) -> None:
+                 cuda_graph: bool = True, channels_last: bool = False, autotune: bool = False,
+                 plan: DdimPlan | None = None) -> None:
         import torch
 
         from edge_ad.training.adapter import UInt8Input
@@ -60,22 +68,23 @@ class TorchBackend:
             raise BundleError(f"{bundle.file('checkpoint.pt')} does not fit the model meta.json's config describes "
                               f"({str(err).splitlines()[0][:200]}); re-export the bundle from its run") from err
         model.eval()
-        self.diffusion = getattr(model, "PIPELINE", None) == "latent_ddim"
+        self.diffusion = model.PIPELINE == LATENT_DDIM
         if steps is not None and not self.diffusion:
             raise ValueError(f"steps apply to diffusion bundles; {bundle.model_name} has no DDIM loop")
-        self.steps = int(steps or bundle.meta.get("pipeline", {}).get("steps", 0)) or None
-        core = model.folded() if hasattr(model, "folded") else model
+        self.plan = (plan or DdimPlan.from_pipeline(bundle.meta["pipeline"], steps=steps, seed=seed)) \
+            if self.diffusion else None
+        core = model.folded()
         self.module = UInt8Input(core, model.mean, model.std).eval().to(self.device)
         on_cuda = self.device.type == "cuda"
         if channels_last and on_cuda:      # NHWC uint8 frames arrive channels-last already
             self.module = self.module.to(memory_format=torch.channels_last)
         self.autotune = autotune and on_cuda
-        self.spec = bundle.meta["heatmap"]
+        self.device_heatmap = on_cuda
+        self.start_latent = None if self.plan is None else torch.from_numpy(self.plan.start).to(self.device)
+        self.spec = HeatmapSpec.from_meta(bundle.meta["heatmap"])
         self.cuda_graph = cuda_graph
         self.graphs: dict[tuple[int, ...], tuple] = {}
         self.staging: dict[tuple[int, ...], object] = {}
-        if self.device.type == "cuda":
-            self.infer_heatmap = self._infer_heatmap_cuda
         log.info("torch backend for %s on %s%s", bundle.model_name, self.device,
                  " (FP16 autocast, CUDA graphs)" if self.device.type == "cuda" and cuda_graph else "")
 
@@ -86,8 +95,9 @@ class TorchBackend:
         try:
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
                                                         enabled=self.device.type == "cuda", cache_enabled=False):
-                if self.diffusion:
-                    raw = self.module.model(self.module.normalize(images), steps=self.steps)
+                if self.plan is not None:
+                    raw = self.module.model(self.module.normalize(images), latent=self.start_latent,
+                                            steps=self.plan.steps)
                 else:
                     raw = self.module(images)
         finally:
@@ -98,14 +108,18 @@ class TorchBackend:
         images = self.torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         return self._forward(images).cpu().numpy()
 
+    @property
+    def steps(self) -> int | None:
+        """DDIM steps of a diffusion bundle; None for the others."""
+        return None if self.plan is None else self.plan.steps
+
     def _post(self, raw):
-        from edge_ad.postprocess import heatmap
+        return self.spec.apply(raw.contiguous(), threads=None)
 
-        s = self.spec
-        return heatmap(raw.contiguous(), tuple(s["output_size"]), smooth=s["smooth"], sigma=s["sigma"],
-                       window=s["window"], align_corners=s["align_corners"], score_from=s["score_from"])
-
-    def _infer_heatmap_cuda(self, batch: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    def infer_heatmap(self, batch: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """On CUDA: forward + heatmap kernel on the device (a CUDA graph per batch shape with `cuda_graph`)."""
+        if not self.device_heatmap:
+            return super().infer_heatmap(batch, maps=maps)
         host = self._staged(batch)
         if not self.cuda_graph:
             out, scores = self._post(self._forward(host.to(self.device, non_blocking=True)))
@@ -222,3 +236,10 @@ def _load_weights(torch, path: Path) -> dict:
     except pickle.UnpicklingError as err:
         raise BundleError(f"{path} holds more than weights (pickled objects); refusing to load it: "
                           "re-export the bundle from a training run you trust") from err
+
+
+def open_torch(bundle: Bundle, options: LoadOptions) -> TorchBackend:
+    """The runtime registry's factory ("edge_ad.training.torch_backend:open_torch"): the checkpoint on
+    `options.device`, a diffusion bundle with the plan resolved at load."""
+    return TorchBackend(bundle, device=options.device, seed=options.seed, cuda_graph=options.cuda_graph,
+                        plan=options.plan)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from edge_ad.training.adapter import UInt8Input
 from .fp16 import write_fp16
 from .onnx import INPUT, OUTPUT, export_graph
 from .parity import TOLERANCE, ParityError, relative_max_error
+
+if TYPE_CHECKING:
+    from edge_ad.models.diffad import DiffAD
 
 GRAPHS = {"encoder": "encoder.onnx", "denoiser": "denoiser.onnx", "decoder": "decoder.onnx",
           "segmentation": "segmentation.onnx"}
@@ -54,14 +58,14 @@ class _Segmentation(UInt8Input):
         return self.model.segment(self.normalize(images), recon, inter)
 
 
-def pipeline_meta(model: nn.Module) -> dict:
+def pipeline_meta(model: "DiffAD") -> dict:
     c = model.config
     return {"kind": "latent_ddim", "graphs": dict(GRAPHS), "steps": c["steps"], "timesteps": c["timesteps"],
             "beta_start": c["beta_start"], "beta_end": c["beta_end"], "latent_shape": list(model.latent_shape),
             "seed": c["noise_seed"], "clamp": None}
 
 
-def export_parts(model: nn.Module, folder: Path, images: np.ndarray) -> dict:
+def export_parts(model: "DiffAD", folder: Path, images: np.ndarray) -> dict:
     """Write the four graphs into `folder`, check each and the whole loop; returns the parity report."""
     model = model.eval()
     x = torch.from_numpy(images)

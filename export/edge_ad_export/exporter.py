@@ -15,7 +15,7 @@ import torch
 import edge_ad
 from edge_ad.bundle import Bundle, check_calibration, check_name, write_bundle
 from edge_ad.data import MVTecDataset
-from edge_ad.models import create_model
+from edge_ad.models.base import LATENT_DDIM, AnomalyModel
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.fit import CHECKPOINT, file_sha256
@@ -40,15 +40,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
                         checkpoint_sha256=info.get("checkpoint_sha256"))
 
 
-def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
+def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
                  images: np.ndarray, checkpoint: Path | None = None, metrics: dict | None = None,
                  overwrite: bool = False, checkpoint_sha256: str | None = None) -> Bundle:
-    """Write the bundle of an in-memory model: ONNX (folded when the model can fold) + meta.json.
+    """Write the bundle of an in-memory model: ONNX of its deployable form (`folded()`) + meta.json.
 
     Every graph gets its mixed FP16 twin for TensorRT (export/edge_ad_export/fp16.py), listed in meta `fp16`.
-    Diffusion models with `PIPELINE = "latent_ddim"` (DiffAD) become four graphs and a `pipeline`
-    entry (export/edge_ad_export/diffusion_graphs.py); models with `graph_inputs()` (SPR) get those inputs in the graph and
-    their seeds in `graph_inputs`.
+    Diffusion models with `PIPELINE = LATENT_DDIM` (DiffAD) become four graphs and a `pipeline` entry
+    (export/edge_ad_export/diffusion_graphs.py); models whose `graph_inputs()` are not empty (SPR) get those
+    inputs in the graph and their seeds in `graph_inputs`. The hooks are models/base.py's.
 
     The model name and the calibration are checked before anything is exported (a NaN threshold
     would flag nothing); the whole meta.json is validated again before the bundle is committed."""
@@ -56,10 +56,10 @@ def export_model(model: torch.nn.Module, out: str | Path, *, name: str, geometry
     check_calibration(calibration, str(out))
     height, width = geometry.crop
     model = model.eval()
-    multi = getattr(model, "PIPELINE", None) == "latent_ddim"
-    deploy = UInt8Input(model.folded() if hasattr(model, "folded") else model, model.mean, model.std).eval()
+    multi = model.PIPELINE == LATENT_DDIM
+    deploy = UInt8Input(model.folded(), model.mean, model.std).eval()
     reference = UInt8Input(model, model.mean, model.std).eval()
-    extras = model.graph_inputs() if hasattr(model, "graph_inputs") else {}
+    extras = model.graph_inputs()
 
     def fill(tmp: Path) -> None:
         if multi:

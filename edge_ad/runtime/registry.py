@@ -1,0 +1,125 @@
+"""The backend registry: a name -> how to build the backend, which library it needs, which extra installs it.
+
+A new backend is one module with a factory `(bundle, LoadOptions) -> Backend` and one `register_backend`
+call. Factories are named by lazy "module:attribute" strings (edge_ad.runtime.lazy): nothing here
+imports a backend module, an inference library or torch until a user asks for that backend; the
+torch backend lives on the training side (edge_ad/training/torch_backend.py) and is reached only so.
+An alias ("onnxruntime-cpu", "torch-cuda") is the same factory with the device fixed.
+
+`resolve("auto")`: TensorRT when it imports and a CUDA GPU is present, else ONNX Runtime (on CUDA when
+its CUDA provider works, else on the CPU). A backend whose library is not installed is refused with
+the `pip install "edge_ad[extra]"` that brings it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from edge_ad.runtime.backend import Backend, BackendFactory, LoadOptions
+from edge_ad.runtime.devices import installed, tensorrt_missing
+from edge_ad.runtime.lazy import check_ref, import_ref
+
+if TYPE_CHECKING:
+    from edge_ad.bundle import Bundle
+
+__all__ = ["BackendEntry", "BackendUnavailable", "backend_names", "get_backend", "register_backend", "resolve"]
+
+PIPELINES = ("single", "latent_ddim")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's inference library is not installed here; the message says which extra brings it."""
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One registered name: its factory, the device it fixes, the modules it needs, the extra that
+    installs them, and the bundle pipelines it runs."""
+
+    name: str
+    factory: BackendFactory | str
+    device: str = "auto"
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    pipelines: tuple[str, ...] = PIPELINES
+
+    def missing(self) -> str | None:
+        """Why this backend's library cannot be imported here (with the extra to install), or None."""
+        absent = [m for m in self.requires if not installed(m)]
+        return f"backend {self.name!r} needs {', '.join(absent)}, which is not installed{self._how()}" if absent else None
+
+    def _how(self) -> str:
+        return f': pip install "edge_ad[{self.extra}]"' if self.extra else ""
+
+    def build_factory(self) -> BackendFactory:
+        return import_ref(self.factory) if isinstance(self.factory, str) else self.factory
+
+    def open(self, bundle: "Bundle", options: LoadOptions) -> Backend:
+        """The backend for a read bundle. A required library that is present but fails to import (a broken
+        or partial install) is a BackendUnavailable naming the extra, like a missing one."""
+        try:
+            return self.build_factory()(bundle, options)
+        except ImportError as err:
+            if (err.name or "").split(".")[0] not in self.requires:
+                raise
+            raise BackendUnavailable(f"backend {self.name!r} cannot import {err.name} ({err}){self._how()}") from err
+
+
+_REGISTRY: dict[str, BackendEntry] = {}
+
+
+def register_backend(name: str, factory: BackendFactory | str, *, requires: tuple[str, ...] = (),
+                     extra: str | None = None, device: str = "auto", pipelines: tuple[str, ...] = PIPELINES,
+                     aliases: dict[str, dict] | None = None) -> BackendEntry:
+    """Register `name` (and its `aliases`: alias -> fields that differ, e.g. {"device": "cuda", "extra":
+    "gpu"}). `factory` is a callable or a lazy "module:attribute" string; a name taken twice is an error."""
+    if isinstance(factory, str):
+        check_ref(factory)
+    entry = BackendEntry(name, factory, device, tuple(requires), extra, tuple(pipelines))
+    entries = [entry] + [replace(entry, name=alias, **fields) for alias, fields in (aliases or {}).items()]
+    taken = [e.name for e in entries if e.name in _REGISTRY or e.name == "auto"]
+    if taken:
+        raise ValueError(f"backend name(s) {', '.join(taken)} already registered")
+    for e in entries:
+        _REGISTRY[e.name] = e
+    return entry
+
+
+def backend_names() -> tuple[str, ...]:
+    """"auto" and every registered name, in registration order."""
+    return ("auto", *_REGISTRY)
+
+
+def get_backend(name: str) -> BackendEntry:
+    """The entry of a registered name ("auto" is resolved first); ValueError listing the choices."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; use one of {', '.join(backend_names())}")
+    return _REGISTRY[name]
+
+
+def resolve(name: str) -> BackendEntry:
+    """The entry that will run: "auto" chosen for this machine, any name checked for its library."""
+    if name == "auto":
+        name = "tensorrt" if tensorrt_missing() is None else "onnxruntime"
+        entry = get_backend(name)
+        if entry.missing():
+            raise BackendUnavailable('no inference library is installed: pip install "edge_ad[cpu]" (ONNX Runtime '
+                                     'on the CPU), "edge_ad[gpu]" (ONNX Runtime with CUDA) or "edge_ad[tensorrt]" '
+                                     '(TensorRT + cuda-python, on an NVIDIA GPU)')
+        return entry
+    entry = get_backend(name)
+    reason = entry.missing()
+    if reason:
+        raise BackendUnavailable(reason)
+    return entry
+
+
+register_backend("tensorrt", "edge_ad.runtime.tensorrt:open_tensorrt", extra="tensorrt", device="cuda")
+register_backend("onnxruntime", "edge_ad.runtime.onnxruntime:open_onnxruntime", requires=("onnxruntime",),
+                 extra="cpu", aliases={"onnxruntime-cpu": {"device": "cpu"},
+                                       "onnxruntime-cuda": {"device": "cuda", "extra": "gpu"}})
+register_backend("torch", "edge_ad.training.torch_backend:open_torch", requires=("torch",), extra="train",
+                 aliases={"torch-cpu": {"device": "cpu"}, "torch-cuda": {"device": "cuda"}})
+register_backend("triton", "edge_ad.runtime.triton_client:open_triton", requires=("tritonclient",),
+                 extra="triton", pipelines=("single",))
