@@ -522,7 +522,21 @@ def build_parser() -> argparse.ArgumentParser:
     stream.set_defaults(func=_stream)
     info = sub.add_parser("info", help="what this installation can use (kernels, GPUs, runtimes)")
     info.set_defaults(func=_info)
+    opcheck = sub.add_parser("opcheck", help="would TensorRT's ONNX parser take these graphs? (exit 1 if not)")
+    opcheck.add_argument("graphs", nargs="+", help="ONNX files (a bundle's model.onnx, model.fp16.onnx, ...)")
+    opcheck.add_argument("--json", action="store_true", help="print the findings as JSON")
+    opcheck.set_defaults(func=_opcheck)
     return parser
+
+
+def _opcheck(args: argparse.Namespace) -> int:
+    """The export pipeline's operator check (edge_ad_export.opcheck), which needs only the onnx package."""
+    try:
+        from edge_ad_export.opcheck import main as opcheck_main
+    except ImportError as err:
+        raise ImportError(f"edge-ad opcheck needs the onnx package ({err}): pip install onnx "
+                          "(or the training side: pip install \"edge_ad[train]\")") from None
+    return opcheck_main([*args.graphs, *(["--json"] if args.json else [])])
 
 
 def main(argv: list[str] | None = None) -> int:

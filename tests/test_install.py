@@ -200,3 +200,21 @@ def test_cmake_3_22_from_the_index_builds_it(tmp_path, cuda: bool) -> None:
     assert bool(list(build.glob("CMakeFiles/3.22.*/CMakeCUDACompiler.cmake"))) == cuda
     (wheel,) = (tmp_path / "dist").glob("edge_ad-*.whl")
     assert any(n.startswith("edge_ad/_kernels.") for n in zipfile.ZipFile(wheel).namelist())
+
+
+def test_a_missing_opencv_says_where_to_get_it() -> None:
+    """Without cv2 (here: no site-packages at all) importing edge_ad says what to install, per box."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(repo)!r}); import edge_ad"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "edge_ad needs OpenCV" in done.stderr and "never a pip OpenCV wheel" in done.stderr
+
+
+def test_export_without_onnxruntime_names_the_extras(tmp_path) -> None:
+    """`train` alone has no ONNX Runtime: `edge-ad export` says which extras to add (one line, exit 2)."""
+    code = ("import sys; sys.modules['onnxruntime'] = None; from edge_ad.cli import main; "
+            f"sys.exit(main(['export', {str(tmp_path)!r}, '--out', {str(tmp_path / 'b')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert 'edge_ad[train,cpu]' in done.stderr and "Traceback" not in done.stderr

@@ -109,12 +109,15 @@ def test_operators_domains_and_opset() -> None:
     assert [f.severity for f in warned] == ["warning"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_ad_export.opcheck", *args], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1], timeout=120)
+ENTRY_POINTS = {"python -m": ["-m", "edge_ad_export.opcheck"], "edge-ad": ["-m", "edge_ad.cli", "opcheck"]}
 
 
-def test_cli_exit_codes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_cli_exit_codes(tmp_path: Path, entry: str) -> None:
+    def _cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *ENTRY_POINTS[entry], *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
     good, bad, junk = tmp_path / "good.onnx", tmp_path / "bad.onnx", tmp_path / "junk.onnx"
     onnx.save(_model([helper.make_node("Relu", ["x"], ["y"])]), str(good))
     onnx.save(_model([helper.make_node("NonZero", ["x"], ["y"])]), str(bad))

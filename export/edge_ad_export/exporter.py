@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
+try:
+    import onnxruntime
+except ImportError:                       # the `train` extra alone has no ONNX Runtime: it comes with cpu or gpu
+    raise ImportError('exporting checks every graph on ONNX Runtime, which is not installed: pip install '
+                      '"edge_ad[train,cpu]" (or [train,gpu] on an NVIDIA box; never both)') from None
 import torch
 
 import edge_ad
