@@ -7,8 +7,9 @@ Each mutant is one small change to one module (a comparison flipped or loosened,
 swapped, `and`/`or` swapped, a `not` dropped, a number changed, True/False swapped). It is written into
 a private copy of the tree, never into this one, and that module's tests run against it: a failing
 test kills the mutant; a mutant that passes every test survives and is listed. The copy runs with the
-compiled kernels of this tree and with the editable install's import redirection turned off, so the
-tests import the mutated copy.
+compiled kernels of this tree and with the editable install's import redirection turned off (a
+sitecustomize.py in the copy, on PYTHONPATH), so the tests, and the processes they start, import the
+mutated copy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -35,7 +37,9 @@ TARGETS = {
     "edge_ad/runtime/detector.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
     "edge_ad/runtime/result.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
     "edge_ad/metrics.py": ["tests/test_metrics.py"],
-    "edge_ad/postprocess.py": ["tests/test_heatmap_kernel.py", "tests/test_ddim_kernel.py", "tests/test_verdict.py"],
+    "edge_ad/postprocess.py": ["tests/test_heatmap_kernel.py", "tests/test_ddim_kernel.py", "tests/test_verdict.py",
+                               "tests/test_kernel_fallback.py", "tests/test_model_interface.py"],
+    "edge_ad/postprocess_numpy.py": ["tests/test_kernel_fallback.py", "-k", "matches or refuses"],   # parity only
     "edge_ad/bundle.py": ["tests/test_bundle_security.py", "tests/test_bundle_hardening.py"],
 }
 
@@ -44,12 +48,11 @@ SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.
 FLIP_COMPARE = {ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE}
 SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult}
 
-_ISOLATED = """
+# Every Python process of a test run (pytest, and the subprocesses tests start) imports the copy: this
+# sitecustomize, found through PYTHONPATH, drops the editable install's redirection to this tree.
+_SITECUSTOMIZE = """
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
-sys.path[:0] = [".", "export"]      # edge_ad, and the export pipeline (edge_ad_export)
-import pytest
-sys.exit(pytest.main(sys.argv[1:]))
 """
 
 
@@ -121,13 +124,14 @@ class _Apply(ast.NodeTransformer):
         return node
 
 
-def mutants_of(module: str) -> list[Mutant]:
-    tree = ast.parse((ROOT / module).read_text())
+def mutants_of(module: str, source: str | None = None) -> list[Mutant]:
+    """Every mutant of `module` (its text `source`, by default the file in this tree)."""
+    tree = ast.parse(source if source is not None else (ROOT / module).read_text())
     return [Mutant(module, i, getattr(node, "lineno", 0), change) for i, (node, change, _) in enumerate(_sites(tree))]
 
 
-def mutated_source(module: str, index: int) -> str:
-    tree = ast.parse((ROOT / module).read_text())
+def mutated_source(module: str, index: int, source: str | None = None) -> str:
+    tree = ast.parse(source if source is not None else (ROOT / module).read_text())
     node, _, spec = _sites(tree)[index]
     return ast.unparse(ast.fix_missing_locations(_Apply(node, spec).visit(tree)))
 
@@ -144,13 +148,15 @@ def make_copy(dest: Path) -> None:
     import edge_ad._kernels as kernels
 
     shutil.copy2(kernels.__file__, dest / "edge_ad" / Path(kernels.__file__).name)
+    (dest / "sitecustomize.py").write_text(_SITECUSTOMIZE)
 
 
 def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float]:
     start = time.perf_counter()
-    cmd = [sys.executable, "-c", _ISOLATED, "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow and not gpu", *tests]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy), str(copy / "export")])}
     try:
-        done = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout, env=env)
         status = "survived" if done.returncode == 0 else "killed" if done.returncode == 1 else f"error({done.returncode})"
     except subprocess.TimeoutExpired:
         status = "killed (timeout)"
@@ -179,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             if baseline != "survived":
                 print(f"{module}: its tests fail without any mutation ({baseline}); skipped", file=sys.stderr)
                 continue
-            chosen = mutants_of(module)
+            chosen = mutants_of(module, original)       # the copy's text: this tree may change meanwhile
             if args.max_per_module and len(chosen) > args.max_per_module:
                 chosen = sorted(random.Random(args.seed).sample(chosen, args.max_per_module), key=lambda m: m.index)
             for m in chosen:
-                (copy / module).write_text(mutated_source(module, m.index))
+                (copy / module).write_text(mutated_source(module, m.index, original))
                 m.status, m.seconds = run_tests(copy, TARGETS[module], args.timeout)
                 print(f"{m.module}:{m.line} {m.change}: {m.status} ({m.seconds:.0f} s)", flush=True)
                 results.append(m)
