@@ -215,15 +215,14 @@ class EagerFp32:
     runtime: the heat-map kernel on the device's raw maps, scores back to the host."""
 
     def __init__(self, bench: Bench, model, spec: dict, steps: int | None) -> None:
+        from edge_ad.postprocess import HeatmapSpec
         from edge_ad.training.adapter import UInt8Input
 
-        self.bench, self.spec, self.steps = bench, spec, steps
+        self.bench, self.spec, self.steps = bench, HeatmapSpec.from_meta(spec), steps
         self.module = UInt8Input(model, model.mean, model.std).eval().to(bench.device)
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        from edge_ad.postprocess import heatmap
-
-        torch, s = self.bench.torch, self.spec
+        torch = self.bench.torch
         with torch.inference_mode():
             images = torch.from_numpy(batch).to(self.bench.device)
             if self.steps is None:
@@ -233,8 +232,7 @@ class EagerFp32:
             raw = raw.float().contiguous()
             if not self.bench.cuda:
                 raw = raw.numpy()
-            _, scores = heatmap(raw, tuple(s["output_size"]), smooth=s["smooth"], sigma=s["sigma"], window=s["window"],
-                                align_corners=s["align_corners"], score_from=s["score_from"], threads=1)
+            _, scores = self.spec.apply(raw, threads=1)
         return scores.cpu().numpy() if self.bench.cuda else scores
 
 

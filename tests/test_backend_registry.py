@@ -195,13 +195,14 @@ def _messages(bundle, blocked: tuple[str, ...], names: tuple[str, ...]) -> dict:
 def test_without_an_inference_library_each_backend_names_its_extra(tiny_bundle) -> None:
     names = ("auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch", "torch-cuda", "triton")
     got = _messages(tiny_bundle, ("onnxruntime", "tensorrt", "torch", "tritonclient"), names)
-    assert got["auto"].startswith("BackendUnavailable: no inference library is installed")
+    assert got["auto"].startswith("BackendUnavailable: no usable inference library")
+    assert "TensorRT is installed" not in got["auto"]
     for extra in ("cpu", "gpu", "tensorrt"):
         assert f'pip install "edge_ad[{extra}]"' in got["auto"] or f'"edge_ad[{extra}]"' in got["auto"]
     for name, extra in (("onnxruntime", "cpu"), ("onnxruntime-cpu", "cpu"), ("onnxruntime-cuda", "gpu"),
                         ("tensorrt", "tensorrt"), ("torch", "train"), ("torch-cuda", "train"), ("triton", "triton")):
         assert f'pip install "edge_ad[{extra}]"' in got[name], (name, got[name])
-    assert got["tensorrt"].startswith("RuntimeError: backend 'tensorrt' cannot run here: TensorRT not installed")
+    assert got["tensorrt"].startswith("BackendUnavailable: backend 'tensorrt' needs tensorrt, which is not installed")
     assert "needs onnxruntime, which is not installed" in got["onnxruntime-cpu"]
 
 

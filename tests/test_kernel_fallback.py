@@ -282,3 +282,15 @@ def test_info_names_the_implementation(env, block, expected) -> None:
     assert info["kernels"] == expected
     if block:
         assert info["kernels_have_cuda"] is False and "not installed" in info["cuda_error"]
+
+
+@pytest.mark.parametrize("score_from", ["raw", "smoothed"])
+def test_nan_maps_score_as_the_compiled_kernel(score_from) -> None:
+    """All-NaN images score -inf in both (NaN never wins the running max); a finite pixel still counts."""
+    raw = np.full((2, 8, 8), np.nan, np.float32)
+    raw[1, 2, 2] = 3.0
+    kw = dict(smooth="gaussian", sigma=2.0, score_from_raw=score_from == "raw")
+    want = _kernels.heatmap_cpu(raw, 16, 16, **kw)[1]
+    got = postprocess_numpy.heatmap_cpu(raw, 16, 16, **kw)[1]
+    np.testing.assert_array_equal(got, want)
+    assert want[0] == -np.inf

@@ -1,4 +1,4 @@
-"""The torch line (DESIGN.md): the runtime side imports neither torch nor the training side, and has no
+"""The torch line (docs/architecture.md): the runtime side imports neither torch nor the training side, and has no
 import circles.
 
 Runtime side: edge_ad/runtime, edge_ad/stream, bundle.py, postprocess.py, imaging.py, logs.py, found on
@@ -250,3 +250,12 @@ def test_the_torch_backend_without_torch_names_the_train_extra(tiny_bundle) -> N
             print(err)
     """)
     assert 'pip install "edge_ad[train]"' in out and "torch" in out
+
+
+def test_runtime_commands_run_without_the_training_side(tmp_path) -> None:
+    """`edge-ad info`, `stream --help` and `opcheck`'s refusal parse and run with the training side blocked."""
+    out = run_blocked(f"""
+        from edge_ad.cli import main
+        print("codes", main(["info"]), main(["opcheck", {str(tmp_path / 'x.onnx')!r}]), main(["stream", "--help"]))
+    """)
+    assert "codes 0 2 0" in out and "--source" in out

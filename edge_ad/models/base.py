@@ -6,7 +6,7 @@ Every registered model subclasses `AnomalyModel`. Three methods are required (`h
 does not use it", so callers call hooks unconditionally: nothing outside a model asks
 `hasattr(model, ...)` (tests/test_model_interface.py checks that).
 
-The contract of `forward(x)` is DESIGN.md's: a float NCHW batch normalized with `mean`/`std` in, the
+The contract of `forward(x)` (docs/architecture.md): a float NCHW batch normalized with `mean`/`std` in, the
 raw anomaly map N x 1 x h x w out (higher = more anomalous); up-sampling, blur and the image score are
 the heatmap kernel's job, as `heatmap_spec()` describes.
 """

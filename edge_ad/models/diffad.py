@@ -6,14 +6,14 @@ Reconstruct, then compare. Four parts, each its own exported graph and engine:
    by `latent_scale` (measured on the training images when the denoiser stage starts).
 2. `denoiser`: a U-Net on cat[z_t, c] (8 channels in, 4 out) predicting the noise, with the timestep
    embedded and added in every residual block and self-attention at the lower resolutions. DDPM with
-   T = 1000 and the scaled-linear betas 0.0015..0.02 (`diffusion.py`).
+   T = 1000 and the scaled-linear betas 0.0015..0.02 (`runtime/noise_schedules.py`).
 3. Noisy condition embedding: c = encode(x). Training feeds the encoding of a (possibly synthetically
    anomalous) image, noised to its own random timestep (uniform below `condition_noise`, by default
    T), and asks for the noise of the clean normal
    image's latent; so the denoiser learns to produce the normal latent from a condition that may carry
    an anomaly. At test c is the clean encoding of the input.
 4. Test: deterministic DDIM (eta = 0), `steps` steps (5 by default, the paper's timing), from a starting
-   latent drawn once from a seed (`diffusion.seeded_normal`); x_r = decode(z0), x_inter =
+   latent drawn once from a seed (`runtime.noise_schedules.seeded_normal`); x_r = decode(z0), x_inter =
    decode(0.5 z0 + 0.5 c). The segmentation head (DRAEM's discriminative U-Net) reads cat[x_r,
    x_inter, x] and its softmax's anomaly channel is the map; the image score is the max of its 21 x 21
    box average. A bundle's heat-map spec smooths map and score alike, so bundles show the box-averaged

@@ -13,7 +13,7 @@ near zero. On an anomaly the score also pulls towards the normal manifold, and r
   weights that are still mostly the initial ones.
 - Scoring: t = 1e-3, K = 3 perturbations n_k = sigma z_k; map = mean over k and channels of r_k^2 at
   the input resolution. The z_k are an input of the exported graph (`noise`, K x 3 x H x W), drawn from
-  a seed once per stream (`diffusion.seeded_normal`). The heatmap kernel does the rest: a box average
+  a seed once per stream (`runtime.noise_schedules.seeded_normal`). The heatmap kernel does the rest: a box average
   and image score = max. The paper up-samples 192 -> 256 and averages over 31 x 31; we keep the map at
   the input size (the masks' size) and scale the box to it (23 at 192 px, 15 at 128 px).
 

@@ -21,13 +21,11 @@ from edge_ad.bundle import Bundle, read_bundle
 from edge_ad.runtime.backend import Backend, LoadOptions
 from edge_ad.runtime.ddim_plan import DdimPlan
 from edge_ad.runtime.detector import Detector
-from edge_ad.runtime.registry import BackendUnavailable, backend_names, register_backend, resolve
+from edge_ad.runtime.registry import PIPELINES, BackendUnavailable, backend_names, register_backend, resolve
 from edge_ad.runtime.result import InferenceError, Result
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "Detector", "InferenceError", "Result", "load",
            "register_backend"]
-
-PIPELINES = ("single", "latent_ddim")
 
 
 def __getattr__(name: str):

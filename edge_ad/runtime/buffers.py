@@ -160,16 +160,17 @@ class CudaPythonBuffers(CudaBuffers):
 
 
 # name -> (the module that must be installed, the class or its lazy "module:attribute"); "auto" tries them
-# in this order. torch's tensors come from edge_ad/training/torch_buffers.py: the runtime never imports torch.
+# in this order: the runtime side's own sources first; torch's allocator (edge_ad/training/torch_buffers.py,
+# the training side) only where neither cuda-python nor pycuda is installed, or when named.
 SOURCES: dict[str, tuple[str, type[CudaBuffers] | str]] = {
-    "torch": ("torch", "edge_ad.training.torch_buffers:TorchBuffers"),
     "cuda-python": ("cuda", CudaPythonBuffers),
     "pycuda": ("pycuda", PycudaBuffers),
+    "torch": ("torch", "edge_ad.training.torch_buffers:TorchBuffers"),
 }
 
 
 def open_buffers(kind: str = "auto") -> CudaBuffers:
-    """`auto`: the first of torch (installed with CUDA), cuda-python, pycuda that is installed and sees a
+    """`auto`: the first of cuda-python, pycuda, torch (installed with CUDA) that is installed and sees a
     GPU; or name one."""
     if kind == "auto":
         for name, (module, _) in SOURCES.items():

@@ -36,7 +36,7 @@ class DdimPlan:
     @classmethod
     def from_pipeline(cls, pipeline: Mapping, *, steps: int | None = None, seed: int | None = None) -> "DdimPlan":
         """The plan of a bundle's meta.json `pipeline`; `steps`/`seed` override the bundle's defaults."""
-        count = int(steps or pipeline["steps"])
+        count = int(pipeline["steps"] if steps is None else steps)
         schedule = ddim_schedule(count, timesteps=pipeline["timesteps"], beta_start=pipeline["beta_start"],
                                  beta_end=pipeline["beta_end"])
         start = seeded_normal(int(pipeline["seed"] if seed is None else seed), (1, *pipeline["latent_shape"]))

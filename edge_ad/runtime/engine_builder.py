@@ -78,7 +78,7 @@ def _parse(trt, logger, network, onnx_path: Path):
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors) +
-                           f" (run `python -m edge_ad_export.opcheck {onnx_path}` to see what it cannot take)")
+                           f" (run `edge-ad opcheck {onnx_path}`, after `pip install onnx`, to see what it cannot take)")
     return parser
 
 

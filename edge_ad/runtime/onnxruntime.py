@@ -52,8 +52,11 @@ def ort_session(model_path: Path, *, device: str = "auto", threads: int | None =
     # onnxruntime-gpu lists CUDA even where its libraries or a GPU are missing, and then falls
     # back to the CPU: what counts is the provider the session ended up with.
     if device == "cuda" and "CUDAExecutionProvider" not in active:
-        raise RuntimeError("ONNX Runtime's CUDA provider is not usable here (no GPU, or CUDA/cuDNN "
-                           "libraries missing); use device='cpu' or backend='auto'")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("this ONNX Runtime is the CPU build (edge_ad[cpu]); for its CUDA provider: pip "
+                               'uninstall onnxruntime && pip install "edge_ad[gpu]", or use backend=\'onnxruntime-cpu\'')
+        raise RuntimeError("ONNX Runtime's CUDA provider is not usable here (no GPU, or the CUDA/cuDNN libraries "
+                           "of its release missing); use backend='onnxruntime-cpu' or backend='auto'")
     log.info("ONNX Runtime session for %s on providers %s", Path(model_path).name, active)
     return session, "cuda" if "CUDAExecutionProvider" in active else "cpu"
 

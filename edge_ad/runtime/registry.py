@@ -101,12 +101,13 @@ def get_backend(name: str) -> BackendEntry:
 def resolve(name: str) -> BackendEntry:
     """The entry that will run: "auto" chosen for this machine, any name checked for its library."""
     if name == "auto":
-        name = "tensorrt" if tensorrt_missing() is None else "onnxruntime"
-        entry = get_backend(name)
+        trt_reason = tensorrt_missing()
+        entry = get_backend("tensorrt" if trt_reason is None else "onnxruntime")
         if entry.missing():
-            raise BackendUnavailable('no inference library is installed: pip install "edge_ad[cpu]" (ONNX Runtime '
-                                     'on the CPU), "edge_ad[gpu]" (ONNX Runtime with CUDA) or "edge_ad[tensorrt]" '
-                                     '(TensorRT + cuda-python, on an NVIDIA GPU)')
+            why = f"; TensorRT is installed but cannot run here: {trt_reason}" if installed("tensorrt") else ""
+            raise BackendUnavailable('no usable inference library: pip install "edge_ad[cpu]" (ONNX Runtime on the '
+                                     'CPU), "edge_ad[gpu]" (ONNX Runtime with CUDA, x86-64) or "edge_ad[tensorrt]" '
+                                     f'(TensorRT + cuda-python, on an NVIDIA GPU){why}')
         return entry
     entry = get_backend(name)
     reason = entry.missing()
@@ -115,7 +116,8 @@ def resolve(name: str) -> BackendEntry:
     return entry
 
 
-register_backend("tensorrt", "edge_ad.runtime.tensorrt:open_tensorrt", extra="tensorrt", device="cuda")
+register_backend("tensorrt", "edge_ad.runtime.tensorrt:open_tensorrt", requires=("tensorrt",), extra="tensorrt",
+                 device="cuda")
 register_backend("onnxruntime", "edge_ad.runtime.onnxruntime:open_onnxruntime", requires=("onnxruntime",),
                  extra="cpu", aliases={"onnxruntime-cpu": {"device": "cpu"},
                                        "onnxruntime-cuda": {"device": "cuda", "extra": "gpu"}})

@@ -131,7 +131,7 @@ class Stream:
                 source.close()
             raise
         self._event({"event": "start", "time": time.time(), "edge_ad": __version__,
-                     "model": self.detector.model_name, "backend": getattr(self.detector.backend, "name", "?"),
+                     "model": self.detector.model_name, "backend": self.detector.backend.name,
                      "batch": self.batch, "sources": [s.name for s in self.sources]})
         log.info("streaming %d source(s) in batches of up to %d: %s", len(self.sources), self.batch,
                  ", ".join(s.name for s in self.sources))

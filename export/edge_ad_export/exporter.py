@@ -1,4 +1,4 @@
-"""`edge-ad export RUN --out BUNDLE`: a trained run -> a self-describing bundle (DESIGN.md)."""
+"""`edge-ad export RUN --out BUNDLE`: a trained run -> a self-describing bundle (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -188,7 +188,7 @@ def write_fp16(folder: Path, graph_file: str, feeds: dict[str, np.ndarray], *, r
     """Write `folder/<graph>.fp16.onnx` from `folder/graph_file` and check it; returns the report.
 
     Raises ParityError when the FP16 graph yields a non-finite value or, with `ranks`, when its image
-    scores do not rank as the FP32 graph's (the FP16 contract of DESIGN.md)."""
+    scores do not rank as the FP32 graph's (the FP16 contract of the export)."""
     from .parity import ParityError
 
     src, dst = folder / graph_file, folder / fp16_name(graph_file)
