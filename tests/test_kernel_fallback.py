@@ -294,3 +294,36 @@ def test_nan_maps_score_as_the_compiled_kernel(score_from) -> None:
     got = postprocess_numpy.heatmap_cpu(raw, 16, 16, **kw)[1]
     np.testing.assert_array_equal(got, want)
     assert want[0] == -np.inf
+
+
+def _outcome(fn, raw, **kw):
+    """('ok', maps, scores, masks) or ('refused', error type)."""
+    try:
+        return ("ok", *fn(raw, **kw))
+    except (TypeError, ValueError) as err:
+        return ("refused", type(err))
+
+
+@pytest.mark.parametrize("n_in, n_out", [(512, 4), (256, 8), (33, 33), (4, 300), (1, 1), (5, 2), (2, 1)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_both_accept_and_refuse_the_same_filters_at_the_limits(n_in, n_out, align_corners) -> None:
+    """Around the compiled kernel's limits (1025 taps, 128 low-res pixels per output pixel) and at the
+    smallest sizes, the fallback accepts exactly what it accepts, and then computes the same maps, and a
+    mask that includes a pixel equal to the threshold."""
+    raw = np.random.default_rng(n_in + n_out).standard_normal((1, n_in, max(n_in // 2, 1))).astype(np.float32)
+    filters = [("gaussian", s, 0) for s in (0.3, 1.0, 4.0, 15.5, 16.0, 32.0, 127.9, 128.0)] + \
+              [("box", 1.0, w) for w in (1, 2, 3, 16, 257, 1024, 1025, 1026)] + [("none", 1.0, 0)]
+    for smooth, sigma, window in filters:
+        kw = dict(out_h=n_out, out_w=max(n_out // 2, 1), smooth=smooth, sigma=sigma, window=window,
+                  align_corners=align_corners)
+        want = _outcome(_kernels.heatmap_cpu, raw, **kw)
+        got = _outcome(postprocess_numpy.heatmap_cpu, raw, **kw)
+        assert got[0] == want[0], (smooth, sigma, window, want, got)
+        if want[0] == "refused":
+            assert got[1] is want[1]
+            continue
+        scale = max(float(np.abs(want[1]).max()), 1e-30)
+        assert np.abs(got[1] - want[1]).max() <= RTOL * scale, (smooth, sigma, window)
+        own = float(got[1].reshape(-1)[0])                       # the fallback's own pixel, as the threshold
+        mask = postprocess_numpy.heatmap_cpu(raw, **kw, threshold=own)[2]
+        assert mask.reshape(-1)[0] == 1 and np.array_equal(mask.astype(bool), got[1] >= np.float32(own))
