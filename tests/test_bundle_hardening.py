@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import subprocess
+import re
 import sys
 import threading
 import time
@@ -525,3 +526,22 @@ def test_external_data_without_the_onnx_package_says_what_to_install(tmp_path, m
         edge_ad.load(external, backend="onnxruntime-cpu")
     assert edge_ad.load(plain, backend="onnxruntime-cpu").predict(np.full((SIDE, SIDE, 3), 10, np.uint8)).score \
         == pytest.approx(30.0)
+
+
+# Each limit of meta.json's schema, at the limit (read) and one step past it (refused by field name).
+LIMITS = [
+    ("heatmap.sigma", lambda m, v: m["heatmap"].__setitem__("sigma", v), 128.0, 128.25),
+    ("heatmap.window", lambda m, v: m["heatmap"].update(smooth="box", window=v), 1024, 1025),
+    ("heatmap.output_size", lambda m, v: m["heatmap"].__setitem__("output_size", [v, 4]), 8192, 8193),
+    ("config.image_size", lambda m, v: m["config"].__setitem__("image_size", v), 16, 15),
+    ("config.layers", lambda m, v: m["config"].__setitem__("layers", v), 1 << 16, (1 << 16) + 1),
+]
+
+
+@pytest.mark.parametrize("field, change, at, past", LIMITS, ids=[f"{f}={p}" for f, _, _, p in LIMITS])
+def test_schema_limits_are_inclusive(bundle, field, change, at, past) -> None:
+    edit_meta(bundle, lambda m: change(m, at))
+    read_bundle(bundle)
+    edit_meta(bundle, lambda m: change(m, past))
+    with pytest.raises(BundleError, match=re.escape(field)):
+        read_bundle(bundle)
