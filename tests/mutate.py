@@ -34,13 +34,15 @@ TARGETS = {
     "edge_ad/training/calibrate.py": ["tests/test_verdict.py", "tests/test_training_hardening.py::"
                                       "test_non_finite_validation_scores_are_refused",
                                       "tests/test_training_hardening.py::test_stored_calibration_is_checked_field_by_field"],
-    "edge_ad/runtime/detector.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
+    "edge_ad/runtime/detector.py": ["tests/test_verdict.py", "tests/test_end_to_end.py",
+                                    "tests/test_training_hardening.py", "-k", "not resume and not stage"],
     "edge_ad/runtime/result.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
     "edge_ad/metrics.py": ["tests/test_metrics.py"],
     "edge_ad/postprocess.py": ["tests/test_heatmap_kernel.py", "tests/test_ddim_kernel.py", "tests/test_verdict.py",
                                "tests/test_kernel_fallback.py", "tests/test_model_interface.py"],
     "edge_ad/postprocess_numpy.py": ["tests/test_kernel_fallback.py", "-k", "matches or refuses"],   # parity only
-    "edge_ad/bundle.py": ["tests/test_bundle_security.py", "tests/test_bundle_hardening.py"],
+    "edge_ad/bundle.py": ["tests/test_bundle_security.py", "tests/test_bundle_hardening.py",
+                          "tests/hostile/test_bundle_hostile.py"],
 }
 
 SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run")
     parser.add_argument("--json", help="write every mutant and its fate here")
+    parser.add_argument("--survivors-of", help="a JSON of an earlier run: run again only the mutants that survived "
+                                               "it (after new tests; the module must be unchanged since)")
     args = parser.parse_args(argv)
     modules = [m for m in args.modules.split(",") if m]
     unknown = [m for m in modules if m not in TARGETS]
@@ -186,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{module}: its tests fail without any mutation ({baseline}); skipped", file=sys.stderr)
                 continue
             chosen = mutants_of(module, original)       # the copy's text: this tree may change meanwhile
-            if args.max_per_module and len(chosen) > args.max_per_module:
+            if args.survivors_of:
+                again = {(m["module"], m["index"]) for m in json.loads(Path(args.survivors_of).read_text())
+                         if m["status"] == "survived"}
+                chosen = [m for m in chosen if (m.module, m.index) in again]
+            elif args.max_per_module and len(chosen) > args.max_per_module:
                 chosen = sorted(random.Random(args.seed).sample(chosen, args.max_per_module), key=lambda m: m.index)
             for m in chosen:
                 (copy / module).write_text(mutated_source(module, m.index, original))

@@ -454,3 +454,18 @@ def test_epochs_per_stage_must_name_the_models_stages(data, tmp_path, model, epo
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=model, epochs=epochs))
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_non_finite_images_are_named_across_chunks_of_the_engine_maximum(nan_detector) -> None:
+    """A batch larger than the backend's max_batch runs in chunks: the bad images keep their own
+    positions in the caller's batch (here 1, 4 and 5 with chunks of 2), and the others keep results."""
+    from edge_ad.runtime.result import InferenceError
+
+    black, grey = np.zeros((70, 90, 3), np.uint8), np.full((70, 90, 3), 100, np.uint8)
+    nan_detector.backend.max_batch = 2
+    with pytest.raises(InferenceError, match=r"image\(s\) 1, 4, 5 of this batch of 6") as caught:
+        nan_detector.predict([grey, black, grey, grey, black, black])
+    assert caught.value.indices == [1, 4, 5]
+    assert [r is None for r in caught.value.results] == [False, True, False, False, True, True]
+    with pytest.raises(InferenceError, match=r"image\(s\) 3 of"):
+        nan_detector.scores([grey, grey, grey, black])

@@ -279,3 +279,44 @@ def test_images_that_are_not_a_list_are_refused_by_type(tiny_bundle, images, kin
     det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
     with pytest.raises(TypeError, match=f"expected a list, got {kind}"):
         det.predict(images)
+
+
+def test_heatmap_mask_and_overlay_of_an_offset_crop_against_an_independent_reference() -> None:
+    """A crop in the middle of a wider frame, a normalization with lo != 0: the heat map is
+    clip((map - lo) / (hi - lo)) resized into the crop's place and 0 around it, the mask is the map
+    against the pixel threshold in the same units, and the overlay is the JET blend with a red label."""
+    rng = np.random.default_rng(3)
+    crop = rng.uniform(-1.0, 5.0, (32, 32)).astype(np.float32)
+    geometry = Geometry(resize=(48, 64), crop=(32, 32))               # offset (8, 16) in the resized frame
+    lo, hi, thr = 1.0, 4.0, 3.0
+    result = Result(score=9.0, normalized_score=0.9, is_anomalous=True, crop_map=crop, image_size=(96, 128),
+                    geometry=geometry, pixel_norm=(lo, hi), pixel_threshold=thr)
+    want = np.zeros((96, 128), np.float32)
+    norm = np.clip((crop.astype(np.float64) - lo) / (hi - lo), 0, 1).astype(np.float32)
+    want[16:80, 32:96] = cv2.resize(norm, (64, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(result.heatmap, want, atol=1e-6)
+    assert result.heatmap[:16].max() == 0 and result.heatmap[:, :32].max() == 0
+    np.testing.assert_array_equal(result.mask, (want >= (thr - lo) / (hi - lo)).astype(np.uint8))
+    frame = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    jet = cv2.applyColorMap((want * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    blend = cv2.addWeighted(frame, 0.55, jet, 0.45, 0)
+    shown = result.overlay(frame)
+    below = np.s_[40:, :]                                                 # away from the label
+    assert np.abs(shown[below].astype(int) - blend[below].astype(int)).max() <= 1
+    label = np.abs(shown[:32, :200].astype(int) - blend[:32, :200].astype(int)).sum(axis=2) > 0
+    drawn = shown[:32, :200][label]
+    assert label.sum() > 50 and np.median(drawn[:, 2]) > 150 and np.median(drawn[:, 1]) < 100   # red, in BGR
+    calm = Result(score=0.0, normalized_score=0.1, is_anomalous=False, crop_map=crop, image_size=(96, 128),
+                  geometry=geometry, pixel_norm=(lo, hi), pixel_threshold=thr).overlay(frame)
+    mark = np.abs(calm[:32, :200].astype(int) - blend[:32, :200].astype(int)).sum(axis=2) > 0
+    assert np.median(calm[:32, :200][mark][:, 1]) > 150                                        # green
+    assert np.array_equal(result.overlay(frame[:, :, ::-1].copy(), color="RGB")[below], shown[:, :, ::-1][below])
+    for alpha in (-0.01, 1.01):
+        with pytest.raises(ValueError, match="alpha"):
+            result.overlay(frame, alpha=alpha)
+    assert np.abs(result.overlay(frame, alpha=1.0)[below].astype(int) - jet[below].astype(int)).max() <= 1
+
+
+def test_a_pixel_exactly_at_the_pixel_threshold_is_in_the_mask() -> None:
+    result, truth = _result_with_square(pixel_threshold=2.0)        # the square's value, normalized: 1.0 >= 1.0
+    assert np.array_equal(result.mask, truth)

@@ -29,10 +29,10 @@ class Result:
     normalized_score: float           # calibrated to [0, 1]; the threshold maps to 0.5
     is_anomalous: bool                # score > calibrated threshold
     crop_map: np.ndarray = field(repr=False)   # full-size map of the model's crop (H x W float32)
-    image_size: tuple[int, int] = (0, 0)       # (height, width) of the input image
-    geometry: Geometry | None = field(default=None, repr=False)
-    pixel_norm: tuple[float, float] = (0.0, 1.0)
-    pixel_threshold: float = float("inf")
+    image_size: tuple[int, int]                # (height, width) of the input image
+    geometry: Geometry = field(repr=False)     # where the crop sits in the input image
+    pixel_norm: tuple[float, float]            # (lo, hi) of the calibrated map normalization
+    pixel_threshold: float                     # calibrated, in the map's raw units
     _heatmap: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
