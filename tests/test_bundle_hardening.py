@@ -397,6 +397,8 @@ SCHEMA = [
     (lambda m: m["geometry"].__setitem__("resize", [0, 16]), r"geometry\.resize\[0\]"),
     (lambda m: m["heatmap"].__setitem__("output_size", [100000, 100000]), r"heatmap\.output_size\[0\]"),
     (lambda m: m["heatmap"].__setitem__("sigma", math.nan), r"heatmap\.sigma"),
+    (lambda m: m["heatmap"].__setitem__("sigma", 0.0), r"heatmap\.sigma"),
+    (lambda m: m["geometry"].__setitem__("crop", [16, 17]), r"geometry\.crop"),
     (lambda m: m["heatmap"].__setitem__("smooth", "box"), r"heatmap\.window"),
     (lambda m: m["heatmap"].__setitem__("align_corners", 0), r"heatmap\.align_corners"),
     (lambda m: m["outputs"][0].__setitem__("shape", ["batch", 1, 100000, 100000]), r"outputs\[0\]\.shape"),
@@ -535,6 +537,8 @@ LIMITS = [
     ("heatmap.output_size", lambda m, v: m["heatmap"].__setitem__("output_size", [v, 4]), 8192, 8193),
     ("config.image_size", lambda m, v: m["config"].__setitem__("image_size", v), 16, 15),
     ("config.layers", lambda m, v: m["config"].__setitem__("layers", v), 1 << 16, (1 << 16) + 1),
+    ("config.lr", lambda m, v: m["config"].__setitem__("lr", v), 1e12, 1.5e12),
+    ("config.name", lambda m, v: m["config"].__setitem__("name", v), "n" * 256, "n" * 257),
 ]
 
 
