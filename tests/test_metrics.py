@@ -159,3 +159,32 @@ def test_aupro_interpolates_the_curve_at_the_limit() -> None:
     masks = np.array([[[1, 0, 0]]])
     maps = np.array([[[0.5, 0.5, 0.0]]])        # the defect ties with one normal pixel
     assert aupro(masks, maps, fpr_limit=0.2) == pytest.approx(0.2)
+
+
+# ------------------------------------------------------------- edges found by mutation testing
+
+
+def test_area_is_interpolated_at_the_limit_by_hand() -> None:
+    from edge_ad.metrics import _area_up_to
+
+    x, y = np.array([0.0, 0.2, 0.5]), np.array([0.0, 0.4, 1.0])
+    # y(0.3) = 0.4 + 0.6 * 0.1 / 0.3 = 0.6; area = 0.2 * 0.4 / 2 + 0.1 * (0.4 + 0.6) / 2 = 0.09
+    assert _area_up_to(x, y, 0.3) == pytest.approx(0.09, abs=1e-12)
+    # a curve that ends before the limit is not extended
+    assert _area_up_to(np.array([0.0, 0.1]), np.array([0.0, 1.0]), 0.3) == pytest.approx(0.05, abs=1e-12)
+
+
+def test_aupro_takes_a_single_2d_image_and_one_normal_pixel_and_checks_its_limit() -> None:
+    mask = np.ones((4, 4), bool)
+    mask[0, 0] = False                                              # exactly one normal pixel
+    score = np.where(mask, 1.0, 0.0)
+    assert aupro(mask, score) == pytest.approx(1.0)                 # perfect separation, one 2-D image
+    assert aupro(mask[None], score[None], fpr_limit=1.0) == pytest.approx(1.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fpr_limit"):
+            aupro(mask, score, fpr_limit=bad)
+
+
+def test_f1_counts_a_single_true_positive() -> None:
+    f1, threshold = f1_max(np.array([1, 0, 0]), np.array([0.9, 0.2, 0.1]))
+    assert f1 == pytest.approx(1.0) and threshold == pytest.approx(0.9)
