@@ -320,3 +320,24 @@ def test_heatmap_mask_and_overlay_of_an_offset_crop_against_an_independent_refer
 def test_a_pixel_exactly_at_the_pixel_threshold_is_in_the_mask() -> None:
     result, truth = _result_with_square(pixel_threshold=2.0)        # the square's value, normalized: 1.0 >= 1.0
     assert np.array_equal(result.mask, truth)
+
+
+def test_normalized_score_is_clipped_to_0_and_1_and_4d_arrays_are_refused(tiny_bundle) -> None:
+    det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
+    lo, hi = det.image_norm
+    frame = _frames(1, 4)[0]
+    raw = det.predict(frame).score
+    det.image_norm = (raw - 10.0, raw - 9.0)                        # the score lies far above hi
+    assert det.predict(frame).normalized_score == 1.0
+    det.image_norm = (raw + 9.0, raw + 10.0)                        # far below lo
+    assert det.predict(frame).normalized_score == 0.0
+    with pytest.raises(ValueError, match="4-D array"):
+        det.predict(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("image", [np.zeros((64, 64, 3), np.float32), np.zeros((64, 64), np.uint8),
+                                   np.zeros((64, 64, 4), np.uint8), [[0]]])
+def test_overlay_refuses_what_is_not_an_hxwx3_uint8_frame(image) -> None:
+    result, _ = _result_with_square()
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        result.overlay(image)
