@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -33,14 +32,7 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 10,
             "min_ms": samples[0], "repeats": repeats}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from edge_ad.runtime.bench import cpu_name  # noqa: E402,F401 - one definition, shared with `edge-ad bench`
 
 
 # one import name, several distributions
@@ -67,32 +59,12 @@ def write_json(path: str | Path, payload: dict, *, quiet: bool = False) -> None:
     """Write a results file atomically: a temporary of its own beside it, fsync, rename. A kill, a full
     disk or a second benchmark writing at the same time leaves the old file or the new one, never a torn
     one (the temporary is removed on failure)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2) + "\n"            # serialized first: a bad payload writes nothing
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(name, 0o666 & ~_umask())                  # as a plain write would (mkstemp makes 0600)
-        os.replace(name, path)
-    except BaseException as err:
-        Path(name).unlink(missing_ok=True)
-        from edge_ad.bundle import disk_full_error, is_disk_full
+    from edge_ad.runtime.bench import write_text_atomic
 
-        if is_disk_full(err, path.parent):
-            raise disk_full_error(err, path.parent, f"writing {path.name}", f"the previous {path.name} is kept") from err
-        raise
+    path = Path(path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")   # serialized first: a bad payload writes nothing
     if not quiet:
         print(f"wrote {path}")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def read_results(path: str | Path) -> dict:

@@ -1,14 +1,15 @@
 """Frames per second of each model x backend x batch size, beside the papers' timings.
 
-Modes:
-- model:  the backend alone on a prepared uint8 batch (what the papers time);
+Modes (timed by edge_ad.runtime.bench, the code of `edge-ad bench`):
+- model:  a prepared uint8 batch in, image scores out: the network and the heatmap kernel, on the GPU
+  for every GPU backend (eager FP32 included), on the CPU kernel otherwise: the same work in every row;
 - stream: end to end, decoded BGR camera frames in (640 x 480), Result objects out: resize + crop,
   inference, the heatmap kernel and the calibrated decision.
 Backends: torch (PyTorch eager FP32 on the model as specified, on the GPU when there is one: the
-papers' setting), torch-folded (eager on the folded graph that the bundle holds), torch-cuda-fp16
-(edge_ad's torch backend: FP16 autocast, CUDA graphs, the heatmap kernel; GPU only), onnxruntime (the
-bundle), tensorrt (the bundle's FP16 engine, when TensorRT is installed). On GPU backends the model
-mode includes the heatmap kernel and returns the scores, as the CUDA graph covers both.
+papers' setting; TF32 off in cuBLAS and cuDNN, so FP32 means FP32), torch-folded (eager on the folded
+graph that the bundle holds), torch-cuda-fp16 (edge_ad's torch backend: FP16 autocast, CUDA graphs,
+the heatmap kernel; GPU only), onnxruntime (the bundle), tensorrt (the bundle's FP16 engine, when
+TensorRT is installed).
 Timings are medians of --iters timed calls after --warmup untimed ones; FPS = batch / median.
 
     python benchmarks/fps.py --models simplenet --json benchmarks/results/fps-cpu.json
@@ -28,42 +29,63 @@ only to models that fold (SimpleNet).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from common import cpu_name, environment, write_json
-from papers import PAPERS
+from common import write_json
+from papers import PAPERS, vs_paper
 
+from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.backend import BaseBackend
+from edge_ad.runtime.bench import cpu_name, environment, measure, package_version
 
-FRAME = (480, 640)
+
+@contextmanager
+def fp32_exact(torch):
+    """TF32 off in cuBLAS and cuDNN while the block runs (cuDNN allows TF32 by default), then restored."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 class TorchBackend(BaseBackend):
-    """A Detector backend running a PyTorch module (eager, FP32, no grad) on uint8 NHWC batches, on the
-    CPU or a CUDA GPU (the papers' setting); `steps` goes to a diffusion model's forward."""
+    """A Detector backend running a PyTorch module (eager, FP32 with TF32 off, no grad) on uint8 NHWC
+    batches, on the CPU or a CUDA GPU (the papers' setting); `steps` goes to a diffusion model's forward.
+    On CUDA the heatmap kernel runs on the device's raw maps, as it does in the FP16 rows."""
 
     name = "torch-eager"
 
-    def __init__(self, module, steps: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, module, spec: HeatmapSpec, steps: int | None = None, device: str = "cpu") -> None:
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
-        self.steps = steps
+        self.spec, self.steps = spec, steps
+        self.device_heatmap = self.device.type == "cuda"
+
+    def _raw(self, batch: np.ndarray):
+        with self.torch.inference_mode(), fp32_exact(self.torch):
+            images = self.torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            if self.steps is None:
+                return self.module(images).float().contiguous()
+            return self.module.model(self.module.normalize(images), steps=self.steps).float().contiguous()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            images = self.torch.from_numpy(batch).to(self.device)
-            if self.steps is None:
-                return self.module(images).cpu().numpy()
-            return self.module.model(self.module.normalize(images), steps=self.steps).cpu().numpy()
+        return self._raw(batch).cpu().numpy()
+
+    def infer_heatmap(self, batch: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """The heatmap kernel on the device's raw maps; scores (and maps when asked) back to the host."""
+        with self.torch.inference_mode():
+            out, scores = self.spec.apply(self._raw(batch), threads=1)
+            return (out.cpu().numpy() if maps else None), scores.cpu().numpy()
 
 
 def build_bundle(name: str, out: Path, image_size: int | None, config: str = "paper"):
@@ -110,31 +132,13 @@ def backbone_of(model) -> str:
 
 
 def time_rows(model_name: str, detector, backend_name: str, batch: int, iters: int, warmup: int) -> list[dict]:
-    h, w = detector.geometry.crop
-    rng = np.random.default_rng(0)
-    prepared = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-    frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(batch)]
-    rows = []
+    """A model row and a stream row, timed by `edge-ad bench`'s code: model = prepared batch in, scores out
+    (the network and the heatmap kernel, on the device for GPU backends); stream = camera frames in."""
+    timing = measure(detector, batch, iters=iters, warmup=warmup)
     precision = "fp16" if backend_name in ("torch-cuda-fp16", "tensorrt") else "fp32"
-    # model mode: the backend on a prepared batch; where it post-processes on the GPU (torch-cuda-fp16,
-    # tensorrt) that includes the heatmap kernel and the CUDA graph, scores back to the host.
-    on_device = detector.backend.device_heatmap
-    model_call = (lambda: detector.heatmaps(prepared, maps=False)) if on_device else (lambda: detector.infer(prepared))
-    for mode, call in (("model", model_call), ("stream", lambda: detector.predict(frames))):
-        for _ in range(warmup):
-            call()
-        samples = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - start) * 1e3)
-        samples.sort()
-        median = statistics.median(samples)
-        rows.append({"model": model_name, "backend": backend_name, "precision": precision, "batch": batch,
-                     "fps": batch * 1e3 / median, "latency_ms_p50": median,
-                     "latency_ms_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))],
-                     "mode": mode, "input": f"{h}x{w}" if mode == "model" else f"{FRAME[0]}x{FRAME[1]} BGR frames"})
-    return rows
+    return [{"model": model_name, "backend": backend_name, "precision": precision, "batch": batch, "fps": t["fps"],
+             "latency_ms_p50": t["p50_ms"], "latency_ms_p99": t["p99_ms"], "mode": mode, "input": t["input"]}
+            for mode, t in (("model", timing["model"]), ("stream", timing["e2e"]))]
 
 
 def backends_for(model, bundle, wanted: list[str], steps: int | None = None, device: str = "cpu"):
@@ -145,12 +149,14 @@ def backends_for(model, bundle, wanted: list[str], steps: int | None = None, dev
     from edge_ad.runtime.tensorrt import tensorrt_missing
     from edge_ad.training.adapter import UInt8Input
 
+    spec = HeatmapSpec.from_meta(bundle.meta["heatmap"])
     for name in wanted:
         if name == "torch":
-            yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std), steps, device))
+            yield name, Detector(bundle, TorchBackend(UInt8Input(model, model.mean, model.std), spec, steps, device))
         elif name == "torch-folded":
             if type(model).folded is not AnomalyModel.folded:        # only models that fold (SimpleNet)
-                yield name, Detector(bundle, TorchBackend(UInt8Input(model.folded(), model.mean, model.std), None, device))
+                module = UInt8Input(model.folded(), model.mean, model.std)
+                yield name, Detector(bundle, TorchBackend(module, spec, None, device))
         elif name == "torch-cuda-fp16":
             if device != "cuda":
                 print("torch-cuda-fp16: no CUDA device; skipped", file=sys.stderr)
@@ -173,10 +179,10 @@ def print_table(rows: list[dict], device: str) -> None:
     print(f"{'model':10s} {'backbone':22s} {'size':>4s} {'steps':>5s} {'backend':13s} {'mode':6s} {'batch':>5s} {'FPS':>8s} "
           f"{'p50 ms':>8s} {'p99 ms':>8s}  vs paper")
     for r in rows:
-        paper = PAPERS.get(r["model"])
-        ratio = f"{r['fps'] / paper['fps']:.2f}x of {paper['fps']:.0f} FPS ({paper['hardware']})" if paper else "-"
-        if paper and r["steps"] is not None and r["steps"] != paper.get("steps"):
-            ratio += f" (paper at {paper['steps']} steps)"
+        paper = vs_paper(r["model"], r["fps"], r["steps"])
+        ratio = f"{paper['ratio']:.2f}x of {paper['paper_fps']:.0f} FPS ({paper['hardware']})" if paper else "-"
+        if paper and paper.get("note"):
+            ratio += f" ({paper['note']})"
         steps = "-" if r["steps"] is None else str(r["steps"])
         print(f"{r['model']:10s} {r['backbone']:22s} {r['input_size']:4d} {steps:>5s} {r['backend']:13s} {r['mode']:6s} {r['batch']:5d} {r['fps']:8.1f} "
               f"{r['latency_ms_p50']:8.2f} {r['latency_ms_p99']:8.2f}  {ratio}")
@@ -227,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         described = f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}); {described}"
     print_table(rows, described)
     if args.json:
-        write_json(args.json, {"device": described, "environment": environment(("edge_ad", "torch", "onnxruntime", "opencv-python", "timm")),
-                               "papers": PAPERS, "rows": rows})
+        env = environment()
+        env["versions"]["timm"] = package_version("timm")
+        write_json(args.json, {"device": described, "environment": env, "papers": PAPERS, "rows": rows})
     return 0
 
 

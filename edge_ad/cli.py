@@ -558,11 +558,49 @@ def build_parser() -> argparse.ArgumentParser:
     stream.set_defaults(func=_stream)
     info = sub.add_parser("info", help="what this installation can use (kernels, GPUs, runtimes)")
     info.set_defaults(func=_info)
+    bench = sub.add_parser("bench", help="FPS, latency, parity and accuracy of a bundle on every backend here",
+                           epilog=f"exit status: 0 when every backend ran (those that cannot run here are listed "
+                                  f"with the reason); {EXIT_ERROR} when one failed, none could run, or one named in "
+                                  "--backends could not run here")
+    bench.add_argument("bundle", type=nonempty)
+    bench.add_argument("--backends", default=None, type=nonempty,
+                       help="comma-separated backend names (default: every registered one that runs here)")
+    bench.add_argument("--batches", default="1,8", type=nonempty, help="comma-separated batch sizes")
+    bench.add_argument("--iters", type=int_range(1, 100000), default=20, help="timed calls per measurement")
+    bench.add_argument("--warmup", type=int_range(0, 100000), default=3, help="untimed calls before them")
+    bench.add_argument("--data", metavar="DIR", type=nonempty,
+                       help="MVTec-layout category folder: the image AUROC of each backend on its test/ split")
+    bench.add_argument("--json", metavar="FILE", type=nonempty, help="write the rows and the environment here")
+    bench.add_argument("--triton-url", default=None, type=host_port,
+                       help="host:port of a Triton server holding the bundle (the triton backend runs only then)")
+    bench.set_defaults(func=_bench)
     opcheck = sub.add_parser("opcheck", help="would TensorRT's ONNX parser take these graphs? (exit 1 if not)")
     opcheck.add_argument("graphs", nargs="+", help="ONNX files (a bundle's model.onnx, model.fp16.onnx, ...)")
     opcheck.add_argument("--json", action="store_true", help="print the findings as JSON")
     opcheck.set_defaults(func=_opcheck)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """`edge-ad bench`: the table on stdout, progress and problems on stderr, the report in --json."""
+    from edge_ad.runtime.bench import (BenchConfig, check_json_path, format_report, parse_backends, parse_batches,
+                                       problems, run, write_json)
+
+    if args.json:                         # a folder given as the file fails now, not after the timing
+        check_json_path(args.json)
+    explicit = parse_backends(args.backends) if args.backends else None
+    config = BenchConfig(bundle=args.bundle, backends=explicit, batches=parse_batches(args.batches), iters=args.iters,
+                         warmup=args.warmup, data=args.data, triton_url=args.triton_url)
+    report = run(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    trouble = problems(report, explicit)
+    if trouble:
+        print(f"edge-ad bench: {_one_line(ValueError('; '.join(trouble)))}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
 
 
 def _opcheck(args: argparse.Namespace) -> int:
