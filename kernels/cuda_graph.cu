@@ -28,13 +28,21 @@ void cuda_graph_begin_capture(uintptr_t stream) {
 }
 
 uintptr_t cuda_graph_end_capture(uintptr_t stream) {
+  // A failed capture leaves a sticky "last error" behind; it is cleared before throwing so the caller's
+  // fallback (plain launches) does not find it in its first launch check. Unverified on a GPU.
   cudaGraph_t graph = nullptr;
-  cuda_check(cudaStreamEndCapture(reinterpret_cast<cudaStream_t>(stream), &graph),
-             "cudaStreamEndCapture");
+  const cudaError_t ended = cudaStreamEndCapture(reinterpret_cast<cudaStream_t>(stream), &graph);
+  if (ended != cudaSuccess) {
+    cudaGetLastError();
+    cuda_check(ended, "cudaStreamEndCapture");
+  }
   cudaGraphExec_t exec = nullptr;
   const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
-  cuda_check(err, "cudaGraphInstantiate");
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    cuda_check(err, "cudaGraphInstantiate");
+  }
   return reinterpret_cast<uintptr_t>(exec);
 }
 

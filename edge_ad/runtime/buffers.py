@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from edge_ad.runtime.lazy import import_ref
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CudaBuffers", "CudaPythonBuffers", "PycudaBuffers", "SOURCES", "open_buffers"]
+__all__ = ["CU_STREAM_NON_BLOCKING", "CudaBuffers", "CudaPythonBuffers", "PycudaBuffers", "SOURCES", "open_buffers"]
 
 
 class CudaBuffers(ABC):
@@ -45,7 +46,8 @@ class CudaBuffers(ABC):
 
     @abstractmethod
     def stream(self) -> int:
-        """A new non-default CUDA stream (capturable in a CUDA graph); returns its handle."""
+        """A new non-blocking CUDA stream (capturable in a CUDA graph, no implicit sync with the legacy
+        default stream); returns its handle."""
 
     @abstractmethod
     def close(self) -> None:
@@ -73,14 +75,21 @@ class CudaBuffers(ABC):
         self.close()
 
 
+# CUstream_flags: CU_STREAM_NON_BLOCKING, a stream that does not wait for (or hold up) the legacy default
+# stream, which other libraries in the process (OpenCV, a camera SDK) may use at any time.
+CU_STREAM_NON_BLOCKING = 0x1
+
+
 class PycudaBuffers(CudaBuffers):
-    """pycuda: `mem_alloc`, `pagelocked_empty`, `Stream` on the primary context."""
+    """pycuda: `mem_alloc`, `pagelocked_empty`, non-blocking `Stream`s on the primary context.
+    `cuda`: the pycuda.driver module (imported when None; tests pass a test double)."""
 
     kind = "pycuda"
 
-    def __init__(self) -> None:
-        import pycuda.autoprimaryctx  # noqa: F401  - makes the primary context current
-        import pycuda.driver as cuda
+    def __init__(self, cuda: Any = None) -> None:
+        if cuda is None:
+            import pycuda.autoprimaryctx  # noqa: F401  - makes the primary context current
+            import pycuda.driver as cuda
 
         self.cuda = cuda
         self._owned: list = []
@@ -94,7 +103,7 @@ class PycudaBuffers(CudaBuffers):
         return self.cuda.pagelocked_empty(shape, dtype)
 
     def stream(self) -> int:
-        s = self.cuda.Stream()
+        s = self.cuda.Stream(flags=CU_STREAM_NON_BLOCKING)       # pycuda's default (0) is a blocking stream
         self._owned.append(s)
         return int(s.handle)
 
@@ -107,16 +116,18 @@ class PycudaBuffers(CudaBuffers):
 
 class CudaPythonBuffers(CudaBuffers):
     """cuda-python (NVIDIA's `cuda.bindings.runtime`, the route of TensorRT's own samples and of the
-    `tensorrt` extra): `cudaMalloc`, `cudaMallocHost`, `cudaStreamCreateWithFlags`. Unverified: no GPU
-    has run it; written against cuda-python 12.x, whose calls return (error, value) tuples."""
+    `tensorrt` extra): `cudaMalloc`, `cudaMallocHost`, `cudaStreamCreateWithFlags(cudaStreamNonBlocking)`.
+    Unverified: no GPU has run it; written against cuda-python 12.x, whose calls return (error, value)
+    tuples. `cudart`: the runtime module (imported when None; tests pass a test double)."""
 
     kind = "cuda-python"
 
-    def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart            # cuda-python >= 12.6
-        except ImportError:
-            from cuda import cudart                                 # older layout
+    def __init__(self, cudart: Any = None) -> None:
+        if cudart is None:
+            try:
+                from cuda.bindings import runtime as cudart        # cuda-python >= 12.6
+            except ImportError:
+                from cuda import cudart                             # older layout
         self.cudart = cudart
         self._device: list[int] = []
         self._host: list[int] = []

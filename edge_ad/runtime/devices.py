@@ -1,17 +1,23 @@
-"""What this machine offers the runtime: a CUDA GPU, a usable TensorRT. Imports no inference library.
+"""What this machine offers the runtime: a CUDA GPU, a usable TensorRT; and the process's TensorRT logger.
 
 Both the backend choice (`backend="auto"`) and the engine builder ask these questions; they live here,
 below both, so neither imports the other to ask. The compiled kernels answer for the GPU (their
-statically linked CUDA runtime), and TensorRT is only looked for (`find_spec`), never imported.
+statically linked CUDA runtime), and TensorRT is only looked for (`find_spec`), never imported at
+import time: `tensorrt_logger` imports it when the TensorRT runtime or the engine builder asks for it.
 """
 
 from __future__ import annotations
 
 import ctypes.util
 import importlib.util
+import threading
 from types import ModuleType
+from typing import Any
 
-__all__ = ["gpu_present", "installed", "kernels", "tensorrt_missing"]
+__all__ = ["gpu_present", "installed", "kernels", "tensorrt_logger", "tensorrt_missing"]
+
+_LOGGERS: dict[int, tuple[Any, Any]] = {}
+_LOGGERS_LOCK = threading.Lock()
 
 
 def installed(module: str) -> bool:
@@ -51,3 +57,16 @@ def tensorrt_missing() -> str | None:
     if k.cuda_device_count() == 0:
         return f"no usable CUDA GPU: {k.cuda_init_error()}"
     return None
+
+
+def tensorrt_logger(trt: Any = None) -> Any:
+    """The process's one `trt.Logger` (WARNING), shared by every runtime, engine and builder: TensorRT
+    keeps the first logger it is given process-wide and warns when another one is passed. `trt`: the
+    tensorrt module (imported when None; tests pass a test double). Unverified: no GPU has run it."""
+    if trt is None:
+        import tensorrt as trt
+    with _LOGGERS_LOCK:
+        held = _LOGGERS.get(id(trt))
+        if held is None or held[0] is not trt:
+            held = _LOGGERS[id(trt)] = (trt, trt.Logger(trt.Logger.WARNING))
+        return held[1]

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from edge_ad.bundle import MAX_BATCH, Bundle
-from edge_ad.runtime.devices import tensorrt_missing
+from edge_ad.runtime.devices import tensorrt_logger, tensorrt_missing
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, cache_dir, store_engine
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = 
         raise RuntimeError(f"TensorRT {trt.__version__} has no strongly typed networks; use typing='weak'")
     if typing == "weak" and not hasattr(trt.BuilderFlag, "FP16"):
         raise RuntimeError(f"TensorRT {trt.__version__} has no FP16 builder flag (11.x): use typing='strong'")
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger(trt)                      # one logger per process (TensorRT warns on a second)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(strong_flag) if typing == "strong" else 0)
     parser = _parse(trt, logger, network, onnx_path)  # noqa: F841 - kept alive until the build
