@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 import textwrap
 from typing import Callable
 
@@ -37,23 +35,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=gpu_reason))
 
 
-_BLOCK_TORCH = """
-import sys
-class _BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _BlockTorch())
-"""
-
-
 @pytest.fixture
 def run_without_torch() -> Callable[[str], str]:
     """Run Python code in a fresh process where importing torch raises; returns its stdout."""
 
     def run(code: str) -> str:
-        script = _BLOCK_TORCH + textwrap.dedent(code) + '\nassert "torch" not in sys.modules\n'
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        from fakes import python_without
+
+        out = python_without(("torch",), textwrap.dedent(code) + '\nassert "torch" not in sys.modules\n', timeout=120)
         assert out.returncode == 0, out.stderr
         return out.stdout
 

@@ -37,3 +37,28 @@ class FullDisk(io.RawIOBase):
     def close(self) -> None:
         super().close()                     # flushes first, while the file is still open
         self.file.close()
+
+
+_BLOCKER = """
+import sys
+
+
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in {blocked!r}):
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked in this test)", name=name)
+
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def python_without(blocked, code: str, *, cwd=None, timeout: float = 300):
+    """Run `code` in a fresh interpreter of this venv where importing any of `blocked` (packages, with
+    their submodules) raises ModuleNotFoundError, as on an install that lacks them; the CompletedProcess."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = _BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=cwd)

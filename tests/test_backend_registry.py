@@ -4,8 +4,6 @@ the heat-map spec and DDIM plan resolved once at load, and the extra named when 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -160,18 +158,7 @@ def test_the_host_loop_is_the_ddim_update() -> None:
 # ------------------------------------------------------------------------------------------ missing libraries
 
 _BLOCK = """
-import json, sys
-
-BLOCKED = {blocked!r}
-
-
-class Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-            raise ImportError(f"{{name}} is blocked in this test", name=name)
-
-
-sys.meta_path.insert(0, Blocked())
+import json
 import edge_ad
 
 messages = {{}}
@@ -186,8 +173,9 @@ print(json.dumps(messages))
 
 
 def _messages(bundle, blocked: tuple[str, ...], names: tuple[str, ...]) -> dict:
-    script = _BLOCK.format(blocked=blocked, names=names, bundle=str(bundle))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    from fakes import python_without
+
+    out = python_without(blocked, _BLOCK.format(names=names, bundle=str(bundle)))
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

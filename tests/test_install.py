@@ -222,11 +222,6 @@ def test_export_without_onnxruntime_names_the_extras(tmp_path) -> None:
 
 _BLOCK = """
 import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, _Block())
 from edge_ad.cli import main
 sys.exit(main({argv!r}))
 """
@@ -240,7 +235,8 @@ sys.exit(main({argv!r}))
 def test_commands_of_a_missing_extra_name_it_in_one_line(tmp_path, blocked, argv, extra) -> None:
     """A runtime-only install running a training-side command: one line naming the extra, exit 2."""
     (tmp_path / "run").mkdir()
-    done = subprocess.run([sys.executable, "-c", _BLOCK.format(blocked=set(blocked), argv=argv)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    from fakes import python_without
+
+    done = python_without(blocked, _BLOCK.format(argv=argv), cwd=tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr
     assert extra in done.stderr and "Traceback" not in done.stderr

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edge_ad"
@@ -177,26 +174,11 @@ def test_lazy_and_relative_imports_are_seen(tmp_path) -> None:
 
 # ------------------------------------------------------------------------------------------ live
 
-BLOCKER = """
-import sys
-
-BLOCKED = {blocked!r}
-
-
-class Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-            raise ImportError(f"{{name}} is blocked: the runtime side must not need it", name=name)
-
-
-sys.meta_path.insert(0, Blocked())
-"""
-
-
 def run_blocked(code: str, blocked: tuple[str, ...] = FORBIDDEN) -> str:
     """Run `code` in a fresh interpreter (this venv's) where importing any of `blocked` raises ImportError."""
-    script = BLOCKER.format(blocked=blocked) + textwrap.dedent(code)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    from fakes import python_without
+
+    out = python_without(blocked, "BLOCKED = " + repr(tuple(blocked)) + "\n" + textwrap.dedent(code), cwd=ROOT)
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stdout
 
