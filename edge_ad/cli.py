@@ -245,6 +245,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_profile(args: argparse.Namespace) -> tuple[int, int, int]:
+    """The TensorRT profile of a stream's engine (when one is built now): optimised for the batch the
+    stream runs (--batch, else one frame per source, as Stream batches them)."""
+    from edge_ad.runtime.engine_builder import stream_profile
+    from edge_ad.stream.pipeline import DEFAULT_MAX_BATCH
+
+    return stream_profile(args.batch or min(len(args.source), DEFAULT_MAX_BATCH))
+
+
 def _stream(args: argparse.Namespace) -> int:
     import edge_ad
     from edge_ad.stream import Reconnect, stop_on_signals
@@ -254,7 +263,7 @@ def _stream(args: argparse.Namespace) -> int:
     if args.retry_max < args.retry_initial:
         raise ValueError(f"--retry-max {args.retry_max:g} is below --retry-initial {args.retry_initial:g}")
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
-                            triton_url=args.triton_url)
+                            triton_url=args.triton_url, batch=_engine_profile(args))
     policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
     options = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
     stream = detector.stream(args.source, sinks=[], batch=args.batch, max_frames=args.max_frames,

@@ -186,11 +186,12 @@ PYBIND11_MODULE(_kernels, m) {
           const HeatmapParams p = make_params(n, h, w, out_h, out_w, smooth, sigma, window,
                                               align_corners, score_from_raw, norm_min, norm_max,
                                               threshold);
-          if (raw == 0 || maps == 0 || scores == 0) throw py::value_error("null device pointer");
+          if (raw == 0 || scores == 0) throw py::value_error("null device pointer");
           if (p.has_threshold && masks == 0) throw py::value_error("threshold given but no masks buffer");
           py::gil_scoped_release release;
           heatmap_cuda(reinterpret_cast<const void*>(raw), parse_dtype_name(dtype), p,
-                       reinterpret_cast<float*>(maps), reinterpret_cast<float*>(scores),
+                       reinterpret_cast<float*>(maps),  // 0: scores (and masks) only
+                       reinterpret_cast<float*>(scores),
                        p.has_threshold ? reinterpret_cast<uint8_t*>(masks) : nullptr,
                        reinterpret_cast<void*>(workspace), workspace_bytes, stream);
         },
@@ -201,7 +202,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("align_corners") = false, py::arg("score_from_raw") = false,
         py::arg("norm_min") = py::none(), py::arg("norm_max") = py::none(),
         py::arg("threshold") = py::none(),
-        "Device-pointer heatmap on a CUDA stream (asynchronous; graph-capturable).");
+        "Device-pointer heatmap on a CUDA stream (asynchronous; graph-capturable); maps=0 writes "
+        "no full-size maps (scores only).");
   m.def("ddim_step_cuda",
         [](uintptr_t x_t, uintptr_t eps, uintptr_t out, int64_t count, const std::string& dtype,
            double a_t, double a_prev, std::optional<float> clamp, uintptr_t stream) {

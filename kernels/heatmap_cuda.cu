@@ -141,7 +141,7 @@ __global__ void vertical_kernel(HeatmapParams p, int band_y, Workspace ws, float
       for (int k = 0; k < band_y; ++k) acc += w[k] * t[static_cast<size_t>(k) * p.out_w];
       const float v = normalize_value(acc, p);
       const size_t o = (static_cast<size_t>(n) * p.out_h + y) * p.out_w + x;
-      maps[o] = v;
+      if (maps != nullptr) maps[o] = v;  // nullptr: scores only, nothing full-size is written
       if (masks != nullptr) masks[o] = v >= p.threshold ? 1 : 0;
       best = fmaxf(best, v);
     }
@@ -216,22 +216,27 @@ template <typename T>
 void launch_all(const T* raw, const HeatmapParams& p, int band_y, int band_x, Workspace ws,
                 const DeviceAxis* dy, const DeviceAxis* dx, float* maps, float* scores, uint8_t* masks,
                 cudaStream_t stream) {
-  if (dy != nullptr && dx != nullptr) {
+  cuda_check(cudaMemsetAsync(ws.score_bits, 0, sizeof(unsigned) * p.n, stream), "cudaMemsetAsync");
+  // Scores taken from the raw map, and neither maps nor masks wanted: the full-size passes are skipped.
+  const bool full_size = maps != nullptr || masks != nullptr || !p.score_from_raw;
+  if (full_size && dy != nullptr && dx != nullptr) {
     ws.lo_y = dy->lo, ws.w_y = dy->w, ws.lo_x = dx->lo, ws.w_x = dx->w;
-  } else {
+  } else if (full_size) {
     const AxisSpec ay = axis_y(p), ax = axis_x(p);
     const int rows = std::max(p.out_h, p.out_w);
     coefficients_kernel<<<dim3((rows + 127) / 128, 2), 128, 0, stream>>>(ay, ax, band_y, band_x, ws);
     check_launch("heatmap coefficients");
   }
-  cuda_check(cudaMemsetAsync(ws.score_bits, 0, sizeof(unsigned) * p.n, stream), "cudaMemsetAsync");
-  const int t_rows = p.n * p.in_h;
-  const dim3 h_grid((p.out_w + kThreads - 1) / kThreads, std::min(t_rows, 65535));
-  horizontal_kernel<T><<<h_grid, kThreads, 0, stream>>>(raw, p, band_x, ws);
-  check_launch("heatmap horizontal pass");
-  const dim3 grid((p.out_w + kThreads - 1) / kThreads, (p.out_h + kRowsPerBlock - 1) / kRowsPerBlock, p.n);
-  vertical_kernel<<<grid, kThreads, 0, stream>>>(p, band_y, ws, maps, masks);
-  check_launch("heatmap vertical pass");
+  if (full_size) {
+    const int t_rows = p.n * p.in_h;
+    const dim3 h_grid((p.out_w + kThreads - 1) / kThreads, std::min(t_rows, 65535));
+    horizontal_kernel<T><<<h_grid, kThreads, 0, stream>>>(raw, p, band_x, ws);
+    check_launch("heatmap horizontal pass");
+    const dim3 grid((p.out_w + kThreads - 1) / kThreads, (p.out_h + kRowsPerBlock - 1) / kRowsPerBlock,
+                    p.n);
+    vertical_kernel<<<grid, kThreads, 0, stream>>>(p, band_y, ws, maps, masks);
+    check_launch("heatmap vertical pass");
+  }
   if (p.score_from_raw) {
     const size_t per_image = static_cast<size_t>(p.in_h) * p.in_w;
     const unsigned blocks = static_cast<unsigned>(std::min<size_t>((per_image + kThreads - 1) / kThreads, 64));

@@ -16,7 +16,7 @@ from edge_ad.data.synthetic import Counts, make_category
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, engine_name, find_engine, store_engine
 from edge_ad.runtime.tensorrt import tensorrt_missing
 from edge_ad.training.run import TrainConfig, train
-from edge_ad.runtime.engine_builder import parse_batches
+from edge_ad.runtime.engine_builder import parse_batches, stream_profile
 
 TINY = {"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32}
 ORIN = DeviceKey("NVIDIA Jetson AGX Orin", "8.7", "10.3.0", "aarch64")
@@ -83,6 +83,13 @@ def test_batch_profiles_parse() -> None:
     for bad in ("8,1", "0", "a", "1,2,3,4"):
         with pytest.raises(ValueError, match="--batch"):
             parse_batches(bad)
+
+
+def test_a_stream_engine_is_optimised_for_the_batch_the_stream_runs() -> None:
+    assert stream_profile(1) == (1, 1, 8) and stream_profile(4) == (1, 4, 8) and stream_profile(12) == (1, 12, 12)
+    for bad in (0, -1, 2.0, True, 10**6):
+        with pytest.raises(ValueError, match="stream batch"):
+            stream_profile(bad)
 
 
 def test_engine_names_encode_device_version_precision_and_batch() -> None:

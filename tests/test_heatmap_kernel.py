@@ -182,3 +182,27 @@ def test_cuda_first_call_inside_a_graph_capture() -> None:
     again_maps, again_scores = heatmap(device_raw, (151, 177), sigma=3.0)
     np.testing.assert_allclose(again_maps.cpu().numpy(), want_maps, atol=2e-6)
     np.testing.assert_allclose(again_scores.cpu().numpy(), want_scores, atol=2e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("score_from_raw", [False, True])
+def test_cuda_scores_only_writes_no_map_and_gives_the_same_scores(score_from_raw: bool) -> None:
+    """maps=0 (what the TensorRT backend passes when only scores are wanted) is accepted and gives the
+    scores of a full call (with scores from the raw map, nothing full-size is computed at all)."""
+    from edge_ad import _kernels
+
+    n, h, w, out_h, out_w = 3, 28, 28, 224, 224
+    raw = torch.randn((n, h, w), generator=torch.Generator().manual_seed(12)).cuda()
+    kwargs = dict(smooth="gaussian", sigma=4.0, window=0, align_corners=False, score_from_raw=score_from_raw)
+    ws = _kernels.heatmap_cuda_workspace_bytes(n, h, w, out_h, out_w, smooth="gaussian", sigma=4.0)
+    workspace = torch.empty(ws, dtype=torch.uint8, device="cuda")
+    maps = torch.full((n, out_h, out_w), -7.0, device="cuda")
+    full, only = torch.empty(n, device="cuda"), torch.empty(n, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    _kernels.heatmap_cuda(raw.data_ptr(), "float32", n, h, w, out_h, out_w, maps.data_ptr(), full.data_ptr(), 0,
+                          workspace.data_ptr(), ws, stream, **kwargs)
+    _kernels.heatmap_cuda(raw.data_ptr(), "float32", n, h, w, out_h, out_w, 0, only.data_ptr(), 0,
+                          workspace.data_ptr(), ws, stream, **kwargs)
+    torch.cuda.synchronize()
+    assert torch.equal(full, only)
+    assert not bool((maps == -7.0).any())                 # the full call did write every pixel

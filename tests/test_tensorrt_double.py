@@ -47,6 +47,7 @@ class CudaDouble(CudaBuffers):
         self.destroyed: list[int] = []
         self.fail_end_capture = False
         self.heatmap_dtypes: list[str] = []
+        self.heatmap_maps: list[int] = []
         self._ids = itertools.count(0x1000, 0x1000)
 
     # CudaBuffers
@@ -121,12 +122,14 @@ class CudaDouble(CudaBuffers):
     def heatmap_cuda(self, raw, dtype, n, h, w, out_h, out_w, maps, scores, masks, workspace, workspace_bytes,
                      stream, *, smooth, sigma, window, align_corners, score_from_raw) -> None:
         self.heatmap_dtypes.append(dtype)
+        self.heatmap_maps.append(maps)
         spec = HeatmapSpec((out_h, out_w), smooth, sigma, window or None, align_corners,
                            "raw" if score_from_raw else "smoothed")
 
         def op() -> None:
             got_maps, got_scores = spec.apply(self.read(raw, dtype, (n, 1, h, w)).astype(np.float32))
-            self.write(maps, got_maps.astype(np.float32))
+            if maps:                                      # 0: scores only, as the kernel does
+                self.write(maps, got_maps.astype(np.float32))
             self.write(scores, got_scores.astype(np.float32))
         self.submit(stream, op)
 
@@ -326,7 +329,9 @@ def test_maps_or_not_are_two_graphs_of_one_context() -> None:
     frames = _frames(3, 0)
     maps, scores = backend.infer_heatmap(frames, maps=False)
     assert maps is None and np.allclose(scores, _expected(frames)[1], atol=1e-5)
+    assert set(cuda.heatmap_maps) == {0}                   # scores only: no full-size map is written
     backend.infer_heatmap(frames, maps=True)
+    assert cuda.heatmap_maps[-1] == backend.maps
     assert set(backend.graphs.graphs) == {(3, False), (3, True)} and list(backend.engine.contexts) == [3]
 
 

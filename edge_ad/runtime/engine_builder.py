@@ -38,7 +38,7 @@ from edge_ad.runtime.engines import DeviceKey, EngineSpec, cache_dir, store_engi
 log = logging.getLogger(__name__)
 
 __all__ = ["build_engine", "build_and_store", "build_bundle_engines", "check_batch", "parse_batches",
-           "save_timing_cache", "WORKSPACE_BYTES"]
+           "save_timing_cache", "stream_profile", "WORKSPACE_BYTES"]
 
 WORKSPACE_BYTES = 2 << 30            # 2 GiB: enough for these models' tactics, within an Orin Nano's 8 GB
 _BATCH = re.compile(r"[ ]*[0-9]{1,9}[ ]*(,[ ]*[0-9]{1,9}[ ]*){0,2}", re.ASCII)
@@ -55,6 +55,15 @@ def parse_batches(text: str) -> tuple[int, int, int]:
     elif len(values) == 2:
         values = [values[0], values[0], values[1]]
     return check_batch((values[0], values[1], values[2]), text)
+
+
+def stream_profile(batch: int, floor: int = 8) -> tuple[int, int, int]:
+    """The engine profile for a stream that runs batches of `batch` frames (one per camera): TensorRT
+    picks its kernels for OPT, so OPT is that batch, not 1; MIN 1 (a camera that drops out shrinks the
+    batch) and MAX at least `floor`, so the engine serves other streams of the line too."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"a stream batch must be a whole number 1..{MAX_BATCH}, got {batch!r}")
+    return check_batch((1, batch, min(MAX_BATCH, max(batch, floor))))
 
 
 def check_batch(batch: tuple[int, int, int], text: str | None = None) -> tuple[int, int, int]:

@@ -92,7 +92,8 @@ class _DeviceHeatmap(BaseBackend):
         self._forward(n)
         args = self._kernel_args(n)
         ws = args.pop("workspace_bytes")
-        self.k.heatmap_cuda(self.raw, self.raw_dtype, n, self.h, self.w, self.out_h, self.out_w, self.maps,
+        maps = self.maps if with_maps else 0                  # 0: the kernel writes no full-size map
+        self.k.heatmap_cuda(self.raw, self.raw_dtype, n, self.h, self.w, self.out_h, self.out_w, maps,
                             self.scores, 0, self.workspace, ws, stream, **args)
         self.buffers.dtoh(self.host_scores[:n], self.scores, stream)
         if with_maps:
