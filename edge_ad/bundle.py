@@ -43,7 +43,7 @@ from typing import Any, BinaryIO, Callable, Iterator, NoReturn
 import edge_ad
 
 __all__ = ["BundleError", "Bundle", "DiskFullError", "FORMAT_VERSION", "add_file", "check_calibration", "check_name",
-           "disk_full_error", "is_disk_full", "read_bundle", "validate_meta", "write_bundle"]
+           "disk_full_error", "is_disk_full", "read_bundle", "replace_calibration", "validate_meta", "write_bundle"]
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -69,6 +69,10 @@ _REEXPORT = "re-export the bundle with `edge-ad export RUN --out BUNDLE` (meta.j
 _RECALIBRATE = ("the run's calibration is broken: calibrate it again (retrain, or rerun calibration on good "
                 "images) and re-export")
 _READ_ATTEMPTS = 3
+MAX_HISTORY = 100                 # calibration_history keeps the newest this many replaced calibrations
+CALIBRATION_METHODS = ("training", "mean+3std", "target-fpr", "target-recall", "f1-max")
+_OPERATING_KEYS = ("recall", "false_positive_rate", "precision", "f1", "f1_max", "f1_max_threshold")
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)?")
 
 
 class BundleError(ValueError):
@@ -380,14 +384,16 @@ def _swap_link(link: Path, target: str) -> None:
 
 
 @contextmanager
-def _export_lock(out: Path, wait_s: float = 0.0) -> Iterator[None]:
-    """One export of an existing bundle at a time: its lock file `out/.lock`, released by the OS if
-    the exporter dies; a second exporter gets a clear error (at once, or after `wait_s`)."""
+def _export_lock(out: Path, wait_s: float = 0.0, busy: str | None = None) -> Iterator[None]:
+    """One export (or calibration) of an existing bundle at a time: its lock file `out/.lock`, released
+    by the OS if the writer dies; a second one gets a clear error (at once, or after `wait_s`): `busy`,
+    or the exporter's."""
     deadline = time.monotonic() + wait_s
     while (fd := _lock(out / LOCK_FILE)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if fd is None:
-        raise BundleError(f"another export is writing {out} right now; wait for it to finish, or choose another --out")
+        raise BundleError(busy or f"another export is writing {out} right now; wait for it to finish, or choose "
+                                  "another --out")
     try:
         yield
     finally:
@@ -715,23 +721,61 @@ def check_name(value: Any, field_name: str, where: str) -> str:
     return _Schema(where).text(value, field_name, NAME, _IDENT)
 
 
-def check_calibration(calibration: Any, where: str, doc: str = META) -> None:
+def check_calibration(calibration: Any, where: str, doc: str = META, name: str = "calibration") -> None:
     """Finite thresholds and norms with lo < hi: a NaN threshold would flag nothing, a lo == hi
-    norm divides by zero. Used at export (`doc` "run.json") and at load."""
+    norm divides by zero. Used at export (`doc` "run.json") and at load, and (`name`) for each entry
+    of calibration_history. The fields `edge-ad calibrate` adds are optional (older bundles lack them)."""
     s = _Schema(where, doc)
-    cal = s.obj(calibration, "calibration")
+    cal = s.obj(calibration, name)
     for key in ("image_threshold", "pixel_threshold"):
-        s.number(cal.get(key), f"calibration.{key}", fix=_RECALIBRATE)
+        s.number(cal.get(key), f"{name}.{key}", fix=_RECALIBRATE)
     for key in ("image_norm", "pixel_norm"):
         pair = cal.get(key)
         if not isinstance(pair, list) or len(pair) != 2:
-            s.fail(f"calibration.{key}", f"must be [lo, hi], got {_show(pair)}", _RECALIBRATE)
-        lo = s.number(pair[0], f"calibration.{key}[0]", fix=_RECALIBRATE)
-        hi = s.number(pair[1], f"calibration.{key}[1]", fix=_RECALIBRATE)
+            s.fail(f"{name}.{key}", f"must be [lo, hi], got {_show(pair)}", _RECALIBRATE)
+        lo = s.number(pair[0], f"{name}.{key}[0]", fix=_RECALIBRATE)
+        hi = s.number(pair[1], f"{name}.{key}[1]", fix=_RECALIBRATE)
         if not lo < hi:
-            s.fail(f"calibration.{key}", f"must have lo < hi, got [{lo}, {hi}]", _RECALIBRATE)
+            s.fail(f"{name}.{key}", f"must have lo < hi, got [{lo}, {hi}]", _RECALIBRATE)
     if "normal_images" in cal:
-        s.integer(cal["normal_images"], "calibration.normal_images", 0, 1 << 40)
+        s.integer(cal["normal_images"], f"{name}.normal_images", 0, 1 << 40)
+    _check_provenance(s, cal, name)
+
+
+def _check_provenance(s: _Schema, cal: dict, name: str) -> None:
+    """How a calibration was made, as `edge-ad calibrate` records it: method, target, image counts,
+    backend, when it was made (and replaced), and the operating point it reached on its images."""
+    if "method" in cal:
+        s.choice(cal["method"], f"{name}.method", CALIBRATION_METHODS)
+    if cal.get("target") is not None:
+        s.number(cal["target"], f"{name}.target", 0.0, 1.0)
+    for key in ("good_images", "bad_images"):
+        if key in cal:
+            s.integer(cal[key], f"{name}.{key}", 0, 1 << 40)
+    for key in ("calibrated_at", "replaced_at"):
+        if cal.get(key) is not None:
+            s.text(cal[key], f"{name}.{key}", _STAMP, "a time such as 2025-01-31T12:00:00+00:00")
+    if "backend" in cal:
+        s.text(cal["backend"], f"{name}.backend", NAME, _IDENT)
+    if "operating_point" in cal:
+        point = s.obj(cal["operating_point"], f"{name}.operating_point")
+        for key, value in point.items():
+            if key not in _OPERATING_KEYS:
+                s.fail(f"{name}.operating_point",
+                       f"has an unknown key {_show(key)} (known: {', '.join(_OPERATING_KEYS)})")
+            if value is not None:
+                s.number(value, f"{name}.operating_point.{key}")
+
+
+def _check_history(s: _Schema, history: Any) -> None:
+    """calibration_history: the calibrations `edge-ad calibrate` replaced, oldest first (absent in
+    bundles never recalibrated)."""
+    if history is None:
+        return
+    if not isinstance(history, list) or len(history) > MAX_HISTORY:
+        s.fail("calibration_history", f"must be a list of at most {MAX_HISTORY} calibrations, got {_show(history)}")
+    for i, entry in enumerate(history):
+        check_calibration(entry, s.where, s.doc, f"calibration_history[{i}]")
 
 
 def validate_meta(meta: Any, where: str) -> None:
@@ -749,6 +793,7 @@ def validate_meta(meta: Any, where: str) -> None:
     _check_outputs(s, meta.get("outputs"))
     _check_heatmap(s, s.obj(meta.get("heatmap"), "heatmap"))
     check_calibration(meta.get("calibration"), where)
+    _check_history(s, meta.get("calibration_history"))
     files = _check_files(s, meta.get("files"))
     _check_graphs(s, meta, files)
     _check_engines(s, meta, files)
@@ -766,6 +811,7 @@ def _check_input_and_geometry(s: _Schema, meta: dict) -> None:
     geometry = s.obj(meta.get("geometry"), "geometry")
     resize = s.sides(geometry.get("resize"), "geometry.resize", MAX_SIDE)
     crop = s.sides(geometry.get("crop"), "geometry.crop", MAX_SIDE)
+    s.choice(geometry.get("fit", "crop"), "geometry.fit", ("squash", "letterbox", "crop"))   # none: "crop" (older)
     if crop[0] > resize[0] or crop[1] > resize[1]:
         s.fail("geometry.crop", f"{list(crop)} must fit inside geometry.resize {list(resize)}")
     if resize[0] > MAX_RESIZE_RATIO * crop[0] or resize[1] > MAX_RESIZE_RATIO * crop[1]:
@@ -990,12 +1036,55 @@ def _add_file(bundle: Bundle, name: str, data: bytes, meta_update: Callable[[dic
         meta = json.loads((root / META).read_text())
         meta.setdefault("files", {})[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         meta_update(meta)
-        meta = json.loads(json.dumps(meta))
-        validate_meta(meta, str(bundle.path))
-        meta = _strict_json(meta)
-        _atomic_write(root / META, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
+        meta = _write_meta(root, meta, str(bundle.path))
     _link_new_top(bundle, name)
     return Bundle(bundle.path, meta, root)
+
+
+def _write_meta(root: Path, meta: dict, where: str) -> dict:
+    """Validate `meta` as a reader will see it and replace root/meta.json with it atomically (a
+    temporary file, fsynced, renamed over the old one): a crash leaves the old meta.json or the new."""
+    meta = json.loads(json.dumps(meta))
+    validate_meta(meta, where)
+    meta = _strict_json(meta)
+    _atomic_write(root / META, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
+    _fsync_dir(root)
+    return meta
+
+
+# ------------------------------------------------------------------------------ replacing calibration
+
+
+def replace_calibration(path: str | Path, calibration: dict, *, replaced_at: str) -> Bundle:
+    """Make `calibration` the bundle's and append the one it replaces (stamped `replaced_at`; method
+    "training" when it does not say) to meta.json's calibration_history, the newest MAX_HISTORY kept.
+
+    Only meta.json changes (the model files and their checksums stay as they are, verified before the
+    write): under the export lock (no export or other calibration meanwhile) and the lock add_file
+    takes, the new meta.json is validated, written to a temporary file and renamed over the old one
+    in the version being read, so a crash at any moment leaves the old calibration or the new one,
+    never a broken bundle. Raises BundleError for a bundle that cannot be used or written."""
+    path = Path(path)
+    read_bundle(path)                                       # refuse a broken bundle before taking locks
+    try:
+        with _export_lock(path, busy=f"another export or calibration is writing {path} right now; wait for it to "
+                                     "finish and run the command again"):
+            bundle = read_bundle(path)                      # the version current now, checksums verified
+            with open(bundle.root / LOCK, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                for stale in bundle.root.glob(f".{META}.*.partial"):      # a killed writer's; we hold the lock
+                    stale.unlink(missing_ok=True)
+                meta = json.loads((bundle.root / META).read_text())
+                previous = {"method": "training", **meta["calibration"], "replaced_at": replaced_at}
+                meta["calibration_history"] = [*(meta.get("calibration_history") or []), previous][-MAX_HISTORY:]
+                meta["calibration"] = calibration
+                meta = _write_meta(bundle.root, meta, str(path))
+    except OSError as err:
+        if is_disk_full(err, path):
+            raise disk_full_error(err, path, f"calibrating the bundle {path}", "its calibration is unchanged") from err
+        raise BundleError(f"cannot write the calibration into {path} ({err.strerror or err}); its calibration is "
+                          "unchanged: make the bundle writable, or calibrate a copy (cp -a)") from err
+    return Bundle(bundle.path, meta, bundle.root)
 
 
 def _link_new_top(bundle: Bundle, name: str) -> None:

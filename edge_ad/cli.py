@@ -195,9 +195,11 @@ def _train(args: argparse.Namespace) -> int:
               "pretrained": False if args.no_pretrained else None}
     result = train(TrainConfig(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                                batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                               overwrite=args.overwrite, budget=args.budget, stages=args.stage, model_kwargs=kwargs))
+                               overwrite=args.overwrite, budget=args.budget, stages=args.stage, model_kwargs=kwargs,
+                               fit=args.fit))
     print(json.dumps(result, indent=2, default=str))
     print(f"run: {args.out} (checkpoint.pt, run.json, metrics.json)")
+    _print_report(args.out, device=args.device, batch_size=args.batch_size or 8)
     return 0
 
 
@@ -207,7 +209,119 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device, batch_size=args.batch_size)
     print(json.dumps(report, indent=2, default=str))
     print(f"written: {report['written']}")
+    _print_report(args.run, data=args.data, device=args.device, batch_size=args.batch_size)
     return 0
+
+
+def _print_report(run: str, *, data: list[str] | None = None, device: str, batch_size: int) -> None:
+    """Write RUN/report/ (train: only once the run is complete) and say where it is."""
+    from edge_ad.training.report import report_if_complete
+
+    path = report_if_complete(run, data=data, device=device, batch_size=batch_size)
+    if path is not None:
+        print(f"report: {path} (and its PNGs beside it)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """`edge-ad predict`: images, folders and globs -> overlays and results.csv/jsonl; 0 when every image
+    got a result, EXIT_ERROR when some could not be read or inferred (their rows say why)."""
+    import edge_ad
+    from edge_ad.runtime.predict_files import PredictJob
+
+    job = PredictJob.plan(args.paths, args.out, overwrite=args.overwrite)   # bad paths fail before loading
+    operating = {k: getattr(args, k) for k in ("threshold", "sensitivity") if getattr(args, k) is not None}
+    with edge_ad.load(args.bundle, backend=args.backend, **operating) as detector:
+        view = {"roi": args.roi, "tiles": args.tiles, "overlap": args.overlap}
+        summary = job.run(detector, batch=args.batch, max_pixels=args.max_pixels, view=view,
+                          echo=lambda line: print(f"edge-ad predict: {_shown(line)}", file=sys.stderr, flush=True))
+    print(summary.line())
+    return EXIT_ERROR if summary.failed else 0
+
+
+def _predict_parser(sub) -> None:
+    """The `predict` subcommand's arguments."""
+    from edge_ad.runtime import BACKENDS
+
+    predict = sub.add_parser("predict", help="run a bundle on image files, folders and globs: overlays + results.csv",
+                             epilog=f"folders are read recursively (hidden folders skipped); a quoted glob is expanded "
+                                    f"here ('**' for any depth). exit status: 0 when every image got a result; "
+                                    f"{EXIT_ERROR} when some could not be read or inferred (their rows in results.csv "
+                                    "say why; the others are written) or for an error before predicting")
+    predict.add_argument("bundle", type=nonempty)
+    predict.add_argument("paths", nargs="+", metavar="PATH", type=nonempty, help="image files, folders or globs")
+    predict.add_argument("--out", required=True, type=nonempty,
+                         help="folder for overlays/, results.csv and results.jsonl")
+    predict.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    predict.add_argument("--backend", default="auto", choices=BACKENDS)
+    predict.add_argument("--batch", type=int_range(1, 1024), default=None,
+                         help="images per inference (default: the backend's largest, else 8)")
+    predict.add_argument("--max-pixels", type=int_range(1), default=None,
+                         help="refuse images larger than this many pixels (default: $EDGE_AD_MAX_IMAGE_PIXELS or 50 MP)")
+    predict.add_argument("--roi", type=roi_arg, default=None, metavar="X,Y,W,H",
+                         help="region of interest of every image (an image it does not fit gets an error row)")
+    predict.add_argument("--tiles", type=tiles_arg, default=None, metavar="RxC",
+                         help="cut each image into R x C tiles (one batch; the score is the highest tile's)")
+    predict.add_argument("--overlap", type=float_range(0.0, 0.49, low_inclusive=True), default=0.1,
+                         help="tile overlap, a fraction of a tile's side (default 0.1)")
+    operating = predict.add_mutually_exclusive_group()
+    operating.add_argument("--threshold", type=float_range(-math.inf), default=None,
+                           help="image-score threshold in the model's units (default: the bundle's calibration; "
+                                "a negative one as --threshold=-0.5)")
+    operating.add_argument("--sensitivity", type=float_range(0.0, 1.0, low_inclusive=True), default=None,
+                           help="0..1, higher flags more parts (default: the bundle's calibration)")
+    predict.set_defaults(func=_predict)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    """`edge-ad calibrate`: score --good (and --bad) images with the bundle, pick the image threshold,
+    write it into the bundle (or, with --dry-run, only print it)."""
+    from edge_ad.runtime.recalibrate import recalibrate, summary_lines
+
+    method, target = ("target-fpr", args.target_fpr) if args.target_fpr is not None else \
+        ("target-recall", args.target_recall) if args.target_recall is not None else \
+        ("f1-max", None) if args.f1 else ("mean+3std", None)
+    outcome = recalibrate(args.bundle, args.good, args.bad, method=method, target=target, backend=args.backend,
+                          batch=args.batch, roi=args.roi, tiles=args.tiles, overlap=args.overlap,
+                          write=not args.dry_run,
+                          echo=lambda line: print(f"edge-ad calibrate: {_shown(line)}", file=sys.stderr, flush=True))
+    for warning in outcome.choice.warnings:
+        print(f"edge-ad calibrate: warning: {_shown(warning)}", file=sys.stderr)
+    for line in summary_lines(outcome, args.bundle):
+        print(_shown(line))
+    return 0
+
+
+def _calibrate_parser(sub) -> None:
+    """The `calibrate` subcommand's arguments."""
+    from edge_ad.runtime import BACKENDS
+
+    calibrate = sub.add_parser("calibrate", help="set a bundle's image threshold on good (and defective) images",
+                               epilog="with only --good and no target: mean + 3 standard deviations of the good "
+                                      "scores (training's rule). The pixel threshold is kept. The previous "
+                                      "calibration is kept in meta.json's calibration_history. Use the --roi/--tiles "
+                                      f"the stream will use. exit status: 0 done; {EXIT_ERROR} a bad flag, folder, "
+                                      "image or bundle (nothing written)")
+    calibrate.add_argument("bundle", type=nonempty)
+    calibrate.add_argument("--good", required=True, type=nonempty, metavar="DIR",
+                           help="folder of good images from the line (any depth)")
+    calibrate.add_argument("--bad", type=nonempty, metavar="DIR", help="folder of defective images only (any depth)")
+    target = calibrate.add_mutually_exclusive_group()
+    target.add_argument("--target-fpr", type=float_range(0.0, 1.0, low_inclusive=True), default=None, metavar="F",
+                        help="the lowest threshold that flags at most this share of the good images (below 1)")
+    target.add_argument("--target-recall", type=float_range(0.0, 1.0), default=None, metavar="R",
+                        help="the highest threshold that flags at least this share of the --bad images")
+    target.add_argument("--f1", action="store_true", help="the threshold of the best F1 on --good and --bad")
+    calibrate.add_argument("--backend", default="auto", choices=BACKENDS)
+    calibrate.add_argument("--batch", type=int_range(1, 1024), default=None,
+                           help="images per inference (default: the backend's largest, else 8)")
+    calibrate.add_argument("--roi", type=roi_arg, default=None, metavar="X,Y,W,H",
+                           help="region of interest, as the stream will use it")
+    calibrate.add_argument("--tiles", type=tiles_arg, default=None, metavar="RxC",
+                           help="tiles, as the stream will use them")
+    calibrate.add_argument("--overlap", type=float_range(0.0, 0.49, low_inclusive=True), default=0.1,
+                           help="tile overlap, as the stream will use it (default 0.1)")
+    calibrate.add_argument("--dry-run", action="store_true", help="print the calibration, do not write it")
+    calibrate.set_defaults(func=_calibrate)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -254,6 +368,40 @@ def _engine_profile(args: argparse.Namespace) -> tuple[int, int, int]:
     return stream_profile(args.batch or min(len(args.source), DEFAULT_MAX_BATCH))
 
 
+def roi_arg(text: str):
+    """argparse type of --roi: x,y,w,h in pixels, or "full" (the whole frame)."""
+    from edge_ad.regions import RoiError, parse_roi
+
+    if text.strip().lower() == "full":
+        return None
+    try:
+        return parse_roi(text)
+    except RoiError as err:
+        raise argparse.ArgumentTypeError(_shown(str(err))) from None
+
+
+def tiles_arg(text: str) -> tuple[int, int]:
+    """argparse type of --tiles: ROWSxCOLS, e.g. 2x3."""
+    from edge_ad.regions import parse_tiles
+
+    try:
+        return parse_tiles(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(_shown(str(err))) from None
+
+
+def stream_rois(rois: list | None, sources: int):
+    """The --roi values -> Stream's `roi`: none, one for every source, or one per --source in order."""
+    if not rois:
+        return None
+    if len(rois) == 1:
+        return rois[0]
+    if len(rois) != sources:
+        raise ValueError(f"--roi was given {len(rois)} times for {sources} --source(s): give one for every source, "
+                         "or one per --source in the same order ('full' for a whole frame)")
+    return rois
+
+
 def _stream(args: argparse.Namespace) -> int:
     import edge_ad
     from edge_ad.stream import Reconnect, stop_on_signals
@@ -263,9 +411,11 @@ def _stream(args: argparse.Namespace) -> int:
     if args.retry_max < args.retry_initial:
         raise ValueError(f"--retry-max {args.retry_max:g} is below --retry-initial {args.retry_initial:g}")
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
-                            triton_url=args.triton_url, batch=_engine_profile(args))
+                            triton_url=args.triton_url, batch=_engine_profile(args), threshold=args.threshold,
+                            sensitivity=args.sensitivity)
     policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
     options = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
+    options.update(roi=stream_rois(args.roi, len(args.source)), tiles=args.tiles, overlap=args.overlap)
     stream = detector.stream(args.source, sinks=[], batch=args.batch, max_frames=args.max_frames,
                              duration=args.duration, idle_timeout=args.idle_timeout, reconnect=policy,
                              realtime=args.realtime, loop=args.loop, **options)
@@ -304,6 +454,9 @@ def _stream(args: argparse.Namespace) -> int:
         print(f"{name}: {s['state']}, {s['frames']} frames, {s['fps']:.1f} FPS, latency p50 {s['latency_ms_p50']:.1f} ms "
               f"p99 {s['latency_ms_p99']:.1f} ms, {s['anomalous']} anomalous, {s['dropped']} dropped, "
               f"{s['corrupt']} corrupt, {s['reconnects']} reconnects")
+    for report in (sink.summary() for sink in sinks if callable(getattr(sink, "summary", None))):
+        print(f"{report['kind']} {report['sink']}: {report['delivered']} of {report['accepted']} delivered, "
+              f"{report['dropped']} dropped (queue full), {report['refused']} refused, {report['unsent']} unsent")
     print(f"{summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 {summary['latency_ms_p50']:.1f} ms, "
           f"p99 {summary['latency_ms_p99']:.1f} ms, {summary['corrupt']} corrupt, {summary['dropped']} dropped")
     reason = stream_failure(summary) or (str(fatal) if fatal else None)
@@ -385,6 +538,7 @@ def _stream_sinks(args: argparse.Namespace, sources: list[str]) -> list:
             sinks.append(SnapshotSink(args.snapshots, budget_mb=args.snapshot_budget_mb))
         if args.events:
             sinks.append(EventsSink(args.events, frames=args.events_frames, fsync=args.fsync))
+        sinks.extend(_network_sinks(args))
     except BaseException:                 # e.g. the events file is another stream's: release what was opened
         _close_all(sinks)
         raise
@@ -396,6 +550,27 @@ def _stream_sinks(args: argparse.Namespace, sources: list[str]) -> list:
             sinks.append(WindowSink())
         else:
             print(f"--show: no window: {why}", file=sys.stderr)
+    return sinks
+
+
+def _network_sinks(args: argparse.Namespace) -> list:
+    """--mqtt and --webhook: one message per anomalous frame each (docs/outputs.md). They connect on their
+    own threads, so a broker that is down at start delays nothing; a malformed URL fails here."""
+    sinks: list = []
+    if args.mqtt_topic is not None and not args.mqtt:
+        raise ValueError("--mqtt-topic needs --mqtt BROKER_URL")
+    if args.mqtt:
+        from edge_ad.stream.mqtt_sink import DEFAULT_TOPIC, MqttSink
+
+        sinks.append(MqttSink(args.mqtt, topic=args.mqtt_topic or DEFAULT_TOPIC))
+    if args.webhook:
+        from edge_ad.stream.webhook_sink import WebhookSink
+
+        try:
+            sinks.append(WebhookSink(args.webhook))
+        except BaseException:
+            _close_all(sinks)
+            raise
     return sinks
 
 
@@ -455,6 +630,13 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
                                                        "an existing file is refused unless --overwrite-video")
     stream.add_argument("--overwrite-video", action="store_true", help="replace --video file(s) that exist already")
     stream.add_argument("--fps", type=float_range(0.0, 1000.0), default=15.0, help="frame rate of the annotated video")
+    stream.add_argument("--mqtt", metavar="URL", type=nonempty,
+                        help="MQTT broker, mqtt://[USER:PASSWORD@]HOST[:PORT]: one message per anomalous frame "
+                             "(docs/outputs.md); needs the mqtt extra")
+    stream.add_argument("--mqtt-topic", metavar="TOPIC", type=nonempty, default=None,
+                        help="topic of --mqtt, {source} = the camera's name (default edge_ad/{source}/anomaly)")
+    stream.add_argument("--webhook", metavar="URL", type=nonempty,
+                        help="HTTP(S) endpoint: one JSON POST per anomalous frame (docs/outputs.md)")
     stream.add_argument("--show", action="store_true", help="open a window when a display exists")
     stream.add_argument("--metrics-port", type=port, default=None, help="serve Prometheus metrics on this port (1-65535)")
     stream.add_argument("--metrics-host", default="127.0.0.1", type=nonempty,
@@ -478,6 +660,20 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
                         help="DDIM steps of a diffusion bundle (default: its own)")
     stream.add_argument("--noise-seed", type=int_range(0, MAX_SEED), default=None,
                         help="seed of the inference noise of SPR/DiffAD bundles (default: the bundle's)")
+    stream.add_argument("--roi", action="append", type=roi_arg, default=None, metavar="X,Y,W,H",
+                        help="region of interest in pixels: the model sees only it, the heat map is 0 outside it; "
+                             "once for every source, or once per --source in order ('full': the whole frame)")
+    stream.add_argument("--tiles", type=tiles_arg, default=None, metavar="RxC",
+                        help="cut each frame (or ROI) into R rows x C columns of tiles run in one batch, for frames "
+                             "much larger than the model input (small defects); the score is the highest tile's")
+    stream.add_argument("--overlap", type=float_range(0.0, 0.49, low_inclusive=True), default=0.1,
+                        help="fraction of a tile's side shared with its neighbour (default 0.1)")
+    operating = stream.add_mutually_exclusive_group()
+    operating.add_argument("--threshold", type=float_range(-math.inf), default=None,
+                           help="image-score threshold in the model's units, flagged above it (default: the bundle's "
+                                "calibration; a negative one as --threshold=-0.5)")
+    operating.add_argument("--sensitivity", type=float_range(0.0, 1.0, low_inclusive=True), default=None,
+                           help="0..1: 0.5 is the bundle's calibrated threshold, higher flags more parts")
     stream.add_argument("--verbose", action="store_true")
 
 
@@ -522,7 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int_range(1, 65536), default=None, help="default: the budget's")
     train.add_argument("--backbone", default=None, type=nonempty, help="timm name (default: the model's)")
     train.add_argument("--image-size", type=int_range(1, 8192), default=None, help="crop size fed to the model")
-    train.add_argument("--resize-size", type=int_range(1, 8192), default=None, help="resize before the center crop")
+    train.add_argument("--resize-size", type=int_range(1, 8192), default=None,
+                       help="resize before the center crop (--fit crop)")
+    train.add_argument("--fit", choices=("squash", "letterbox", "crop"), default=None,
+                       help="how a frame becomes the model input: squash (resize, aspect not kept), letterbox "
+                            "(aspect kept, padded), crop (resize then centre crop: border strips never inspected); "
+                            "recorded in the bundle (default: letterbox)")
     train.add_argument("--no-pretrained", action="store_true", help="random backbone weights (tests)")
     train.add_argument("--seed", type=int_range(0, MAX_SEED), default=0)
     train.add_argument("--device", default="cpu", type=nonempty, help="cpu, cuda or cuda:N")
@@ -565,6 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"unwritable --events/--video)")
     _stream_arguments(stream)
     stream.set_defaults(func=_stream)
+    _predict_parser(sub)
+    _calibrate_parser(sub)
     info = sub.add_parser("info", help="what this installation can use (kernels, GPUs, runtimes)")
     info.set_defaults(func=_info)
     bench = sub.add_parser("bench", help="FPS, latency, parity and accuracy of a bundle on every backend here",

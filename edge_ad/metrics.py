@@ -6,6 +6,8 @@
   positive rate limit, divided by the limit (the MVTec AD benchmark's definition: each connected
   ground-truth region counts equally, whatever its size).
 - `f1_max(labels, scores)`: best F1 over all thresholds, and the threshold that gives it.
+- `operating_point(scores, labels, threshold)`: recall, false-positive rate, precision and F1 where
+  the runtime flags a part (`score > threshold`), with F1-max and a threshold in that same rule.
 
 All are exact (every distinct score is a threshold; ties handled as scikit-learn does), vectorized
 NumPy, with OpenCV for the connected components. Higher scores mean more anomalous.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["image_auroc", "pixel_auroc", "aupro", "f1_max"]
+__all__ = ["image_auroc", "pixel_auroc", "aupro", "f1_max", "operating_point", "threshold_below"]
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -66,6 +68,65 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
         f1 = np.where(tp > 0, 2 * precision * recall / (precision + recall), 0.0)
     best = int(np.argmax(f1))
     return float(f1[best]), float(s[last_of_tie][best])
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """What a threshold does on labelled parts, with the runtime's rule: a part is flagged when
+    `score > threshold`. Note the order: scores first (labels 0 = good, 1 = defective; any other
+    label value is refused, which also catches swapped arguments).
+
+    Keys, each a float, or None where it is undefined on these parts:
+    - recall = flagged defective / defective (None: no defective parts);
+    - false_positive_rate = flagged good / good (None: no good parts);
+    - precision = flagged defective / flagged (None: nothing flagged);
+    - f1 = 2 TP / (2 TP + FP + FN) (None: no defective parts; 0 when defective parts exist and none
+      is flagged);
+    - f1_max, f1_max_threshold: the best F1 over all thresholds and a threshold that gives it in the
+      same `score > threshold` rule (half-way between the lowest flagged score and the next lower
+      score; just below the lowest score when every part is flagged), so it can be deployed as is
+      (None for both unless good and defective parts are both present)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _binary_labels(labels, len(s))
+    _check_finite(s, "scores")
+    if not s.size:
+        raise ValueError("operating_point needs at least one scored part")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    flagged = s > float(threshold)
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    bad, good = int(y.sum()), int((~y).sum())
+    best, best_threshold = None, None
+    if bad and good:
+        best, cut = f1_max(y, s)
+        best_threshold = threshold_below(cut, s)
+    return {"recall": tp / bad if bad else None,
+            "false_positive_rate": fp / good if good else None,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "f1": 2 * tp / (2 * tp + fp + (bad - tp)) if bad else None,
+            "f1_max": best, "f1_max_threshold": best_threshold}
+
+
+def threshold_below(value: float, scores: np.ndarray) -> float:
+    """A threshold t such that `score > t` flags exactly the scores >= `value`: half-way between
+    `value` and the highest score below it (a margin on both sides, so a slightly different backend
+    does not flip a part), or, when no score is below, `value` minus 1e-6 of max(|value|, 1)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    lower = s[s < value]
+    if lower.size:
+        return float((value + lower.max()) / 2.0)
+    return float(value - 1e-6 * max(abs(value), 1.0))
+
+
+def _binary_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Labels as a boolean array (True = defective); only 0/1 (or booleans) of length n are taken."""
+    y = np.asarray(labels).reshape(-1)
+    if len(y) != n:
+        raise ValueError(f"scores and labels must have the same length, got {n} and {len(y)}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (good) or 1 (defective); were scores and labels swapped? "
+                         "operating_point takes (scores, labels, threshold)")
+    return y.astype(bool)
 
 
 def _binary_and_scores(truth: np.ndarray, scores: np.ndarray, truth_name: str,

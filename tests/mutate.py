@@ -37,7 +37,9 @@ TARGETS = {
     "edge_ad/runtime/detector.py": ["tests/test_verdict.py", "tests/test_end_to_end.py",
                                     "tests/test_training_hardening.py", "-k", "not resume and not stage"],
     "edge_ad/runtime/result.py": ["tests/test_verdict.py", "tests/test_end_to_end.py"],
-    "edge_ad/metrics.py": ["tests/test_metrics.py"],
+    "edge_ad/metrics.py": ["tests/test_metrics.py", "tests/test_thresholds.py"],
+    "edge_ad/runtime/thresholds.py": ["tests/test_thresholds.py"],
+    "edge_ad/runtime/threshold_rules.py": ["tests/test_thresholds.py"],
     "edge_ad/postprocess.py": ["tests/test_heatmap_kernel.py", "tests/test_ddim_kernel.py", "tests/test_verdict.py",
                                "tests/test_kernel_fallback.py", "tests/test_model_interface.py"],
     "edge_ad/postprocess_numpy.py": ["tests/test_kernel_fallback.py", "-k", "matches or refuses"],   # parity only

@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edge_ad"
-RUNTIME_FILES = ("bundle.py", "postprocess.py", "postprocess_numpy.py", "imaging.py", "logs.py", "metrics.py")
+RUNTIME_FILES = ("bundle.py", "postprocess.py", "postprocess_numpy.py", "imaging.py", "logs.py", "metrics.py",
+                 "regions.py")
 RUNTIME_PACKAGES = ("runtime", "stream")
 # What the runtime side may never import (a prefix matches the package and its modules).
 FORBIDDEN = ("torch", "torchvision", "timm", "edge_ad.training", "edge_ad.models", "edge_ad.data", "edge_ad_export")

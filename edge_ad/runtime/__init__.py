@@ -23,6 +23,7 @@ from edge_ad.runtime.ddim_plan import DdimPlan
 from edge_ad.runtime.detector import Detector
 from edge_ad.runtime.registry import PIPELINES, BackendUnavailable, backend_names, register_backend, resolve
 from edge_ad.runtime.result import InferenceError, Result
+from edge_ad.runtime.thresholds import threshold_in_use
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "Detector", "InferenceError", "Result", "load",
            "register_backend"]
@@ -37,13 +38,17 @@ def __getattr__(name: str):
 
 def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threads: int | None = None,
          steps: int | None = None, seed: int | None = None, batch: tuple[int, int, int] = (1, 1, 8),
-         cuda_graph: bool = True, build_engine: bool = True, triton_url: str | None = None) -> Detector:
+         cuda_graph: bool = True, build_engine: bool = True, triton_url: str | None = None,
+         threshold: float | None = None, sensitivity: float | None = None) -> Detector:
     """Open a bundle (checking its format and checksums) and build a Detector on the chosen backend.
 
     `steps`: DDIM steps of a diffusion bundle (DiffAD; default the bundle's, 5). `seed`: the seed of
     the inference noise (SPR's perturbations, DiffAD's starting latent; default the bundle's).
     TensorRT: `batch` = (min, opt, max) of the engine's profile, `cuda_graph` captures each frame's work,
-    `build_engine=False` refuses to build a missing engine. `triton_url`: host:port of the gRPC endpoint."""
+    `build_engine=False` refuses to build a missing engine. `triton_url`: host:port of the gRPC endpoint.
+    `threshold` (raw score units) or `sensitivity` (0..1, 0.5 = the calibrated threshold, higher flags
+    more): the image threshold to use instead of the bundle's (Detector.set_threshold; at most one)."""
+    threshold_in_use(0.0, (0.0, 1.0), threshold, sensitivity)     # a bad value fails before any backend opens
     entry = resolve(backend)
     b = read_bundle(bundle)
     kind = pipeline_kind(b)
@@ -55,7 +60,9 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
     plan = DdimPlan.from_pipeline(b.meta["pipeline"], steps=steps, seed=seed) if kind == "latent_ddim" else None
     options = LoadOptions(device=entry.device, threads=threads, seed=seed, plan=plan, batch=batch,
                           cuda_graph=cuda_graph, build_engine=build_engine, triton_url=triton_url)
-    return Detector(b, entry.open(b, options), color=color)
+    detector = Detector(b, entry.open(b, options), color=color)
+    detector.set_threshold(threshold, sensitivity=sensitivity)
+    return detector
 
 
 def pipeline_kind(bundle: Bundle) -> str:

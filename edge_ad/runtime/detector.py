@@ -19,6 +19,8 @@ from edge_ad.runtime.backend import Backend
 from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.runtime.result import InferenceError, Result
+from edge_ad.runtime.thresholds import norm_for, threshold_in_use
+from edge_ad.runtime.tiling import DEFAULT_OVERLAP, View, cut, plan_view, rois_for
 
 COLORS = ("BGR", "RGB")
 ImageInput = np.ndarray | str | Path
@@ -43,11 +45,33 @@ class Detector:
         meta = bundle.meta
         self.geometry = Geometry.from_dict(meta["geometry"])
         self.heatmap_spec: HeatmapSpec = HeatmapSpec.from_meta(meta["heatmap"])
-        self.threshold, self.image_norm, self.pixel_threshold, self.pixel_norm = _calibration(bundle)
+        self.calibrated_threshold, self.calibrated_norm, self.pixel_threshold, self.pixel_norm = _calibration(bundle)
+        self.set_threshold()
         if not isinstance(backend, Backend):
             raise TypeError(f"a Detector's backend must implement edge_ad.runtime.backend.Backend (name, max_batch, "
                             f"device_heatmap, infer, infer_heatmap, close; subclass BaseBackend for the defaults), "
                             f"got {type(backend).__name__}")
+
+    @property
+    def threshold(self) -> float:
+        """The image threshold in use, raw score units: a part is flagged when score > threshold.
+        Assigning it is set_threshold(value)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.set_threshold(value)
+
+    def set_threshold(self, threshold: float | None = None, *, sensitivity: float | None = None) -> float:
+        """Set the image threshold in use and return it: `threshold` in raw score units, or `sensitivity`
+        0..1 (0.5 = the calibrated threshold, higher flags more), or neither for the bundle's calibrated
+        threshold. `image_norm` follows it, so results' normalized_score is 0.5 at the threshold in use
+        for bundles edge_ad calibrated (see edge_ad.runtime.thresholds for the exact mapping). Raises
+        ValueError for both at once, a non-finite threshold or a sensitivity outside 0..1."""
+        value = threshold_in_use(self.calibrated_threshold, self.calibrated_norm, threshold, sensitivity)
+        self._threshold = value
+        self.image_norm = norm_for(value, self.calibrated_threshold, self.calibrated_norm)
+        return value
 
     @property
     def model_name(self) -> str:
@@ -59,13 +83,19 @@ class Detector:
         return self.backend.max_batch
 
     def predict(self, images: ImageInput | Sequence[ImageInput], *,
-                color: str | Sequence[str] | None = None) -> Result | list[Result]:
+                color: str | Sequence[str] | None = None, roi=None, tiles=None,
+                overlap: float = DEFAULT_OVERLAP) -> Result | list[Result]:
         """One image -> one Result; a list of images -> a list of Results (one batched inference).
 
         An image is an H x W (x 1/3/4) array, or the path of an image file (read, and its colour order
         taken from the file). `color` overrides the detector's channel order for arrays in this call:
-        one for all, or one per image. Raises InferenceError when the model's output is not finite
-        for some images (its `results` holds the others')."""
+        one for all, or one per image. `roi`: the region of interest, x,y,w,h ("x,y,w,h" or four
+        numbers) for all images, or a list of one (or None) per image; the model sees only it, and the
+        maps come back at the image's size, 0 outside it. `tiles`: "RxC" or (rows, cols): the image (or
+        ROI) is cut into that many tiles sharing `overlap` of a side, all run in one batch; the score
+        is the highest tile's, the maps are stitched (maximum where tiles overlap). Raises RoiError for
+        a ROI that does not fit its image, InferenceError when the model's output is not finite for
+        some images (its `results` holds the others')."""
         single = isinstance(images, (np.ndarray, str, Path))
         if images is None:
             raise TypeError("predict() needs an image (a numpy array H x W x C), the path of an image file, or a "
@@ -79,12 +109,14 @@ class Detector:
         colors = self._colors(color, len(batch))
         rgb = [self._rgb(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
         sizes = [im.shape[:2] for im in rgb]
-        maps, scores, bad = self._heatmaps(np.stack([prepare(im, self.geometry) for im in rgb]))
+        views = self.views(sizes, roi, tiles, overlap)
+        maps, scores, bad = self._heatmaps(self._inputs(rgb, views))
+        bad = _images_of(bad, views)
         if bad:
             results = [None if i in bad else r for i, r in
-                       enumerate(self.results(np.nan_to_num(maps), np.nan_to_num(scores), sizes))]
+                       enumerate(self.results(np.nan_to_num(maps), np.nan_to_num(scores), sizes, views))]
             raise _non_finite(bad, len(batch), results)
-        results = self.results(maps, scores, sizes)
+        results = self.results(maps, scores, sizes, views)
         return results[0] if single else results
 
     def _colors(self, color, n: int) -> list[str]:
@@ -109,17 +141,31 @@ class Detector:
                             f"got {type(image).__name__}")
         return to_rgb_uint8(image, bgr=color == "BGR")
 
-    def scores(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:
-        """Image scores only: on TensorRT the full-size maps then never leave the GPU. Raises
-        InferenceError when a score is not finite."""
+    def scores(self, images: Sequence[ImageInput], *, color: str | None = None, roi=None, tiles=None,
+               overlap: float = DEFAULT_OVERLAP) -> np.ndarray:
+        """Image scores only: on TensorRT the full-size maps then never leave the GPU. `roi`, `tiles`
+        and `overlap` as in predict(). Raises InferenceError when a score is not finite."""
         batch = _as_list(images)
         colors = self._colors(color, len(batch))
-        prepared = np.stack([prepare(self._rgb(im, c, i), self.geometry)
-                             for i, (im, c) in enumerate(zip(batch, colors))])
-        _, scores, bad = self._heatmaps(prepared, maps=False)
+        rgb = [self._rgb(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
+        views = self.views([im.shape[:2] for im in rgb], roi, tiles, overlap)
+        _, scores, bad = self._heatmaps(self._inputs(rgb, views), maps=False)
+        bad = _images_of(bad, views)
         if bad:
             raise _non_finite(bad, len(batch))
-        return scores
+        return np.array([part.max() for part in np.split(scores, _starts(views)[1:-1])], dtype=scores.dtype)
+
+    def views(self, sizes: Sequence[tuple[int, int]], roi=None, tiles=None,
+              overlap: float = DEFAULT_OVERLAP) -> list[View]:
+        """How the model looks at images of these sizes (H, W): their checked ROIs and the boxes cut
+        from each (see edge_ad.runtime.tiling). Raises RoiError for a ROI that does not fit."""
+        rois = rois_for(roi, len(sizes))
+        return [plan_view(size, r, tiles, overlap, where=f"image {i}: " if len(sizes) > 1 else "")
+                for i, (size, r) in enumerate(zip(sizes, rois))]
+
+    def _inputs(self, rgb: list[np.ndarray], views: list[View]) -> np.ndarray:
+        """The model inputs of every box of every image, in order, as one uint8 batch."""
+        return np.stack([prepare(part, self.geometry) for im, view in zip(rgb, views) for part in cut(im, view)])
 
     def heatmaps(self, prepared: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """Prepared uint8 batch -> (full-size maps of the crop, or None; scores): on the device when
@@ -161,12 +207,24 @@ class Detector:
             raise _non_finite(bad, len(sizes), [None if i in bad else r for i, r in enumerate(results)])
         return self.results(maps, scores, sizes)
 
-    def results(self, maps: np.ndarray, scores: np.ndarray, sizes: list[tuple[int, int]]) -> list[Result]:
+    def results(self, maps: np.ndarray, scores: np.ndarray, sizes: list[tuple[int, int]],
+                views: list[View] | None = None) -> list[Result]:
+        """Results from the maps and scores of a batch: one row per image, or with `views` one row per
+        box of each image's view (its score: the highest of its rows)."""
         lo, hi = self.image_norm
-        return [Result(score=float(score), normalized_score=float(np.clip((score - lo) / (hi - lo), 0.0, 1.0)),
-                       is_anomalous=bool(score > self.threshold), crop_map=m, image_size=size,
-                       geometry=self.geometry, pixel_norm=self.pixel_norm, pixel_threshold=self.pixel_threshold)
-                for m, score, size in zip(maps, scores, sizes)]
+        starts = _starts(views) if views is not None else list(range(len(sizes) + 1))
+        out = []
+        for k, size in enumerate(sizes):
+            a, b = starts[k], starts[k + 1]
+            top = a + int(np.argmax(scores[a:b]))
+            score = float(scores[top])
+            view = views[k] if views is not None else None
+            parts = () if view is None or view.whole else tuple(zip(view.boxes, maps[a:b]))
+            out.append(Result(score=score, normalized_score=float(np.clip((score - lo) / (hi - lo), 0.0, 1.0)),
+                              is_anomalous=bool(float(score) > self.threshold), crop_map=maps[top], image_size=size,
+                              geometry=self.geometry, pixel_norm=self.pixel_norm, pixel_threshold=self.pixel_threshold,
+                              roi=view.roi if view is not None else None, parts=parts))
+        return out
 
     def stream(self, source, **kwargs):
         """An iterable Stream of results from one source or a list of them (camera index, video file,
@@ -195,6 +253,17 @@ def _as_list(items, what: str = "images") -> list:
     except TypeError:
         raise TypeError(f"{what}: expected an image, an image path or a list of them, "
                         f"got {type(items).__name__}") from None
+
+
+def _starts(views: list[View]) -> list[int]:
+    """The batch row where each image's boxes start, and the total at the end."""
+    return np.cumsum([0] + [len(v.boxes) for v in views]).tolist()
+
+
+def _images_of(rows: list[int], views: list[View]) -> list[int]:
+    """The images (positions in `views`) that the given batch rows belong to."""
+    starts = _starts(views)
+    return sorted({int(np.searchsorted(starts, r, side="right")) - 1 for r in rows})
 
 
 def _non_finite_rows(scores: np.ndarray, *arrays: np.ndarray | None) -> list[int]:

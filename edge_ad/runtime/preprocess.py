@@ -1,8 +1,17 @@
-"""Host-side geometry shared by training and every runtime backend: resize, then center crop.
+"""Host-side geometry shared by training and every runtime backend: how a frame becomes the model input.
 
 Training calls the same function on its images as the runtime calls on camera frames, so an
 exported model sees exactly the pixels its checkpoint was trained and evaluated on. The rest of
 the pre-processing (cast, scale, mean/std, NHWC -> NCHW) lives inside the model graph.
+
+Three fits, recorded in the bundle's geometry (`fit`):
+
+- "squash": the frame resized to the model input, aspect not kept. Every pixel is inspected.
+- "letterbox": the frame resized with its aspect kept and padded with black to the model input.
+  Every pixel is inspected; the padding is not part of the heat map (the model sees it in training
+  as in use, so it learns it as normal; it enters the image score like any input pixel).
+- "crop": resized (aspect not kept) to `resize`, then centre-cropped to the model input. The border
+  strips are never inspected (their heat map is zero). What a bundle without the field means.
 """
 
 from __future__ import annotations
@@ -12,43 +21,96 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+FITS = ("squash", "letterbox", "crop")
+DEFAULT_FIT = "letterbox"      # new runs: every pixel, aspect kept (best of the three in benchmarks/fit_accuracy.py)
+LEGACY_FIT = "crop"            # bundles and runs written before the field existed
+PAD_VALUE = 0                  # letterbox padding (black); a mask prepared the same way stays 0 there
+
+Box = tuple[int, int, int, int]     # (top, left, height, width) in pixels
+
 
 @dataclass(frozen=True)
 class Geometry:
-    """Frames are resized to `resize` (H, W) — aspect not kept — then center-cropped to `crop` (H, W)."""
+    """How a frame becomes the model input `crop` (H, W): by `fit` (see the module docstring).
+    `resize` (H, W) is the intermediate size of the "crop" fit; the other fits do not use it."""
 
     resize: tuple[int, int]
     crop: tuple[int, int]
+    fit: str = LEGACY_FIT
 
     def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if self.crop[0] > self.resize[0] or self.crop[1] > self.resize[1]:
             raise ValueError(f"crop {self.crop} must fit inside resize {self.resize}")
 
     @property
     def offset(self) -> tuple[int, int]:
+        """(top, left) of the centre crop inside the resized frame (fit "crop")."""
         return (self.resize[0] - self.crop[0]) // 2, (self.resize[1] - self.crop[1]) // 2
 
-    def region(self, frame_h: int, frame_w: int) -> tuple[int, int, int, int]:
-        """(top, left, height, width) of the cropped area in the original frame's pixels."""
+    def letterbox(self, frame_h: int, frame_w: int) -> Box:
+        """Where a frame's content sits in the model input under fit "letterbox" (the rest is padding)."""
+        ch, cw = self.crop
+        scale = min(ch / frame_h, cw / frame_w)
+        h, w = max(1, min(ch, round(frame_h * scale))), max(1, min(cw, round(frame_w * scale)))
+        return (ch - h) // 2, (cw - w) // 2, h, w
+
+    def placement(self, frame_h: int, frame_w: int) -> tuple[Box, Box]:
+        """(the part of the model input that shows the frame, the part of the frame it shows): the
+        heat map of the first, resized, is the heat map of the second; the rest of the frame is not seen."""
+        ch, cw = self.crop
+        if self.fit == "squash":
+            return (0, 0, ch, cw), (0, 0, frame_h, frame_w)
+        if self.fit == "letterbox":
+            return self.letterbox(frame_h, frame_w), (0, 0, frame_h, frame_w)
+        return (0, 0, ch, cw), self.region(frame_h, frame_w)
+
+    def region(self, frame_h: int, frame_w: int) -> Box:
+        """(top, left, height, width) of the frame that the model input shows, in the frame's pixels."""
+        if self.fit != "crop":
+            return 0, 0, frame_h, frame_w
         sy, sx = frame_h / self.resize[0], frame_w / self.resize[1]
         top, left = self.offset
         y0, x0 = int(round(top * sy)), int(round(left * sx))
         return y0, x0, int(round((top + self.crop[0]) * sy)) - y0, int(round((left + self.crop[1]) * sx)) - x0
 
+    @classmethod
+    def for_model(cls, size: int, resize: int, fit: str | None = None) -> "Geometry":
+        """A new run's geometry: a square model input of `size`, the model's `resize` (used by fit
+        "crop"), and `fit` (None: DEFAULT_FIT, which inspects every pixel)."""
+        return cls((resize, resize), (size, size), DEFAULT_FIT if fit is None else fit)
+
     def to_dict(self) -> dict:
-        return {"resize": list(self.resize), "crop": list(self.crop)}
+        return {"resize": list(self.resize), "crop": list(self.crop), "fit": self.fit}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Geometry":
-        return cls(tuple(d["resize"]), tuple(d["crop"]))
+        """From meta.json / run.json; no `fit` field: "crop", what every earlier bundle did."""
+        return cls(tuple(d["resize"]), tuple(d["crop"]), d.get("fit", LEGACY_FIT))
 
 
 def prepare(image: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """RGB uint8 H x W x 3 of any size -> the model's RGB uint8 crop (contiguous)."""
+    """RGB uint8 H x W x 3 of any size -> the model's RGB uint8 input (contiguous), by the geometry's fit."""
     h, w = image.shape[:2]
-    rh, rw = geometry.resize
-    interp = cv2.INTER_AREA if (rh < h and rw < w) else cv2.INTER_LINEAR
-    resized = image if (h, w) == (rh, rw) else cv2.resize(image, (rw, rh), interpolation=interp)
-    top, left = geometry.offset
     ch, cw = geometry.crop
+    if geometry.fit == "squash":
+        return np.ascontiguousarray(_resize(image, ch, cw))
+    if geometry.fit == "letterbox":
+        top, left, rh, rw = geometry.letterbox(h, w)
+        out = np.full((ch, cw, *image.shape[2:]), PAD_VALUE, image.dtype)
+        out[top:top + rh, left:left + rw] = _resize(image, rh, rw)
+        return out
+    rh, rw = geometry.resize
+    resized = _resize(image, rh, rw)
+    top, left = geometry.offset
     return np.ascontiguousarray(resized[top:top + ch, left:left + cw])
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """`image` at h x w: area averaging when shrinking both sides, bilinear otherwise; as is when equal."""
+    ih, iw = image.shape[:2]
+    if (ih, iw) == (h, w):
+        return image
+    interp = cv2.INTER_AREA if (h < ih and w < iw) else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)

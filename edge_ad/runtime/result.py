@@ -1,4 +1,9 @@
-"""What the detector returns per image: scores, decision, and the maps at the image's own size."""
+"""What the detector returns per image: scores, decision, and the maps at the image's own size.
+
+The maps come back over the whole image whatever the model saw of it: each model input's map is placed
+where its pixels came from (by the bundle's fit, inside the ROI or tile it showed); pixels that no
+model input showed (outside the ROI, a "crop" fit's border strips) are 0 in the heat map and the mask.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edge_ad.runtime.preprocess import Geometry
+from edge_ad.regions import Roi
+from edge_ad.runtime.preprocess import Box, Geometry
 
 
 class InferenceError(ValueError):
@@ -28,31 +34,50 @@ class Result:
     score: float                      # raw image score, the model's units (higher = more anomalous)
     normalized_score: float           # calibrated to [0, 1]; the threshold maps to 0.5
     is_anomalous: bool                # score > calibrated threshold
-    crop_map: np.ndarray = field(repr=False)   # full-size map of the model's crop (H x W float32)
+    crop_map: np.ndarray = field(repr=False)   # the model's map of its input (H x W float32); tiled: the top tile's
     image_size: tuple[int, int]                # (height, width) of the input image
-    geometry: Geometry = field(repr=False)     # where the crop sits in the input image
+    geometry: Geometry = field(repr=False)     # how a frame (or ROI, or tile) became the model input
     pixel_norm: tuple[float, float]            # (lo, hi) of the calibrated map normalization
     pixel_threshold: float                     # calibrated, in the map's raw units
+    roi: Roi | None = None                     # the region of interest the model looked at; None: the whole image
+    parts: tuple[tuple[Box, np.ndarray], ...] = field(default=(), repr=False)
+    # ^ with a ROI or tiles: (box of the image, the model's map of it) per model input; empty: crop_map, whole image
     _heatmap: np.ndarray | None = field(default=None, init=False, repr=False)
+    _seen: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
     def heatmap(self) -> np.ndarray:
-        """Normalized anomaly map in [0, 1] over the whole input image (0 outside the model's crop)."""
+        """Normalized anomaly map in [0, 1] over the whole input image (0 where no model input looked:
+        outside the ROI, a "crop" fit's border strips); the maximum where tiles overlap."""
         if self._heatmap is None:
-            lo, hi = self.pixel_norm
-            norm = np.clip((self.crop_map - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
             h, w = self.image_size
-            full = np.zeros((h, w), np.float32)
-            top, left, rh, rw = self.geometry.region(h, w)
-            full[top:top + rh, left:left + rw] = cv2.resize(norm, (rw, rh), interpolation=cv2.INTER_LINEAR)
-            self._heatmap = full
+            full, seen = np.zeros((h, w), np.float32), np.zeros((h, w), bool)
+            for box, raw in self.parts or (((0, 0, h, w), self.crop_map),):
+                self._paint(full, seen, box, raw)
+            self._heatmap, self._seen = full, seen
         return self._heatmap
+
+    def _paint(self, full: np.ndarray, seen: np.ndarray, box: Box, raw: np.ndarray) -> None:
+        """One model input's map, normalized, into `full` where its pixels came from (max with what is there)."""
+        lo, hi = self.pixel_norm
+        top, left, bh, bw = box
+        (sy, sx, sh, sw), (dy, dx, dh, dw) = self.geometry.placement(bh, bw)
+        if min(sh, sw, dh, dw) < 1:
+            return
+        norm = np.clip((raw[sy:sy + sh, sx:sx + sw] - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        if norm.shape != (dh, dw):
+            norm = cv2.resize(norm, (dw, dh), interpolation=cv2.INTER_LINEAR)
+        y, x = top + dy, left + dx
+        np.maximum(full[y:y + dh, x:x + dw], norm, out=full[y:y + dh, x:x + dw])
+        seen[y:y + dh, x:x + dw] = True
 
     @property
     def mask(self) -> np.ndarray:
-        """uint8 mask (1 = anomalous pixel) at the input image's size, from the calibrated pixel threshold."""
+        """uint8 mask (1 = anomalous pixel) at the input image's size, from the calibrated pixel threshold;
+        0 where no model input looked."""
         lo, hi = self.pixel_norm
-        return (self.heatmap >= (self.pixel_threshold - lo) / (hi - lo)).astype(np.uint8)
+        heatmap = self.heatmap
+        return ((heatmap >= (self.pixel_threshold - lo) / (hi - lo)) & self._seen).astype(np.uint8)
 
     def overlay(self, image: np.ndarray, *, color: str = "BGR", alpha: float = 0.45) -> np.ndarray:
         """The heatmap blended over `image` (the image this result is for: H x W x 3 uint8, in the
@@ -72,6 +97,9 @@ class Result:
         if color == "RGB":
             colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
         blended = cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0)
+        if self.roi is not None:
+            x, y, w, h = self.roi
+            cv2.rectangle(blended, (x, y), (x + w - 1, y + h - 1), (255, 255, 255), 1, cv2.LINE_AA)
         label = f"{'ANOMALY' if self.is_anomalous else 'ok'} {self.normalized_score:.2f}"
         colour = (0, 0, 255) if self.is_anomalous else (0, 200, 0)
         colour = colour[::-1] if color == "RGB" else colour

@@ -3,16 +3,27 @@
 A network stream (RTSP/HTTP/RTMP, or a GStreamer pipeline) that stops is reopened with exponential
 back-off up to a cap; its state goes connected -> reconnecting -> connected (the gap is logged,
 counted and sent to the sinks) or -> failed once the retry budget is spent. A camera that is
-unplugged is retried the same way. A file that ends ends its source (unless `loop`).
+unplugged is retried the same way. A camera that stalls with its connection still open is caught by
+the read time-out (`Reconnect.timeout`): one read that waited that long is a lost connection (so the
+time-out must be longer than the camera's frame interval). A file that ends ends its source (unless `loop`).
+
+RTSP transport, per source: `rtsp://host/path?rtsp_transport=tcp` (or `udp`), or
+`NetworkSource(url, transport="tcp")`. Without it FFmpeg tries TCP first and falls back to UDP
+(OpenCV's default). See `ffmpeg_options` for how it stays per source.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -25,6 +36,10 @@ log = logging.getLogger(__name__)
 
 MAX_CORRUPT_RUN = 100
 LOST_AFTER = 3                 # failed reads in a row that mean a lost connection, not a broken frame
+STALLED_AT = 0.95              # a read that waited this share of the read time-out: the camera stalled
+TRANSPORTS = ("tcp", "udp")    # RTSP lower transports a source can ask for
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_TRANSPORT_PARAM = re.compile(r"([?&])rtsp_transport=([^&#]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,17 @@ class _LiveCapture(CaptureSource):
         while not self._stop.is_set():
             if self.cap is None and not self._reconnect():
                 return
-            if not self.cap.grab():
+            started = time.monotonic()
+            grabbed = self.cap.grab()
+            waited = time.monotonic() - started
+            if waited >= STALLED_AT * self.policy.timeout:
+                # the read time-out fired: the camera sends nothing, its connection still open (a frame
+                # grabbed now is one the decoder still held, from before the stall: not delivered)
+                self._lose(f"no new frame for {waited:.1f} s (read time-out {self.policy.timeout:g} s): the camera "
+                           "stalled with its connection open")
+                failed = 0
+                continue
+            if not grabbed:
                 failed += 1                     # a broken frame, or the end of the connection
                 if failed >= LOST_AFTER:
                     self._lose("no frame: the stream stopped or the connection was lost")
@@ -258,17 +283,112 @@ class NetworkSource(_LiveCapture):
     that is down at start is retried instead of stopping the other sources. Credentials in the URL
     appear nowhere: the source's name is the URL with its userinfo and every query value hidden
     (`edge_ad.logs.redact_source_url`). On each (re)connection the frame size the stream declares is
-    checked against the pixel limit before a frame is decoded; an oversized stream is a failed attempt."""
+    checked against the pixel limit before a frame is decoded; an oversized stream is a failed attempt.
 
-    def __init__(self, url: str, *, reconnect: Reconnect | None = None) -> None:
+    `transport` ("tcp" or "udp"; or `?rtsp_transport=tcp|udp` in the URL, removed before the URL is
+    opened) fixes an RTSP stream's transport: TCP for a lossy network or a firewall, UDP for the
+    lowest latency. None: FFmpeg tries TCP first, then UDP."""
+
+    def __init__(self, url: str, *, reconnect: Reconnect | None = None, transport: str | None = None) -> None:
         super().__init__(url, redact_source_url(escape_controls(url)), reconnect=reconnect)
         self._open_msec = int(self.policy.timeout * 1000)
+        self.url, self.transport = rtsp_transport(url, transport)
 
     def _capture(self) -> cv2.VideoCapture:
         if "appsink" in str(self.target):
             return cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._open_msec, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._open_msec]
-        return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+        options = {"rtsp_transport": self.transport} if self.transport else None
+        with ffmpeg_options(options):
+            return cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+
+
+def rtsp_transport(url: str, transport: str | None = None) -> tuple[str, str | None]:
+    """(the URL to open, the RTSP transport or None): `?rtsp_transport=tcp|udp` is taken out of the URL
+    (FFmpeg has no such URL option; OpenCV takes it only as a capture option) and checked against
+    `transport`. ValueError for an unknown transport, two that disagree, or one on a URL that is not RTSP."""
+    if transport is not None and not isinstance(transport, str):
+        raise ValueError(f"transport must be 'tcp', 'udp' or None, got {transport!r}")
+    asked = {transport.lower()} if transport is not None else set()
+    while (match := _TRANSPORT_PARAM.search(url)) is not None:
+        asked.add(match.group(2).lower())
+        rest = url[match.end():]
+        if match.group(1) == "?":
+            rest = "?" + rest[1:] if rest.startswith("&") else rest
+        url = url[:match.start()] + rest
+    if not asked:
+        return url, None
+    shown = redact_source_url(escape_controls(url))
+    if len(asked) > 1 or not asked <= set(TRANSPORTS):
+        raise ValueError(f"{shown}: rtsp_transport must be one of {', '.join(TRANSPORTS)} (once), got "
+                         f"{', '.join(sorted(asked))}")
+    if not url.lower().startswith(("rtsp://", "rtsps://")):
+        raise ValueError(f"{shown}: rtsp_transport applies to rtsp:// URLs only")
+    return url, asked.pop()
+
+
+class _EnvSetting:
+    """OPENCV_FFMPEG_CAPTURE_OPTIONS for the captures being opened: those that need the same value open
+    together; one that needs another value waits until they are open. OpenCV reads the variable only
+    while a capture opens (there is no per-capture way to give FFmpeg options), so setting it around
+    each open, under this gate, keeps an option to its own source. The user's own value is extended,
+    never lost, and restored when no open is in progress."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._base: str | None = None             # the user's value (None: unset) while opens are in progress
+        self._value: str | None = None            # the value set for them
+        self._users = 0
+
+    @contextmanager
+    def holding(self, options: dict[str, str] | None) -> Iterator[None]:
+        with self._cond:
+            while True:
+                base = self._base if self._users else os.environ.get(FFMPEG_OPTIONS_ENV)
+                value = _merged_options(base, options) if options else base
+                if self._users == 0 or self._value == value:
+                    break
+                self._cond.wait()
+            if self._users == 0:
+                self._base, self._value = base, value
+                _set_env(value)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                if self._users == 0:
+                    _set_env(self._base)
+                    self._cond.notify_all()
+
+
+_ENV_SETTING = _EnvSetting()
+
+
+def ffmpeg_options(options: dict[str, str] | None):
+    """A context in which a capture opened by FFmpeg gets `options` (None: the user's own, or OpenCV's
+    defaults); see `_EnvSetting`."""
+    return _ENV_SETTING.holding(options)
+
+
+def _merged_options(base: str | None, options: dict[str, str]) -> str:
+    """The `key;value|key;value` text OpenCV reads: `base` (the user's setting) with `options` added or
+    replacing the same keys. Without a base, OpenCV's own default (`rtsp_flags;prefer_tcp`) is kept."""
+    pairs: dict[str, str] = {}
+    for item in (base if base is not None else "rtsp_flags;prefer_tcp").split("|"):
+        key, sep, value = item.partition(";")
+        if key and sep:
+            pairs[key] = value
+    pairs.update(options)
+    return "|".join(f"{k};{v}" for k, v in pairs.items())
+
+
+def _set_env(value: str | None) -> None:
+    if value is None:
+        os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+    else:
+        os.environ[FFMPEG_OPTIONS_ENV] = value
 
 
 def frame_rate(cap: cv2.VideoCapture, default: float = 25.0) -> float:

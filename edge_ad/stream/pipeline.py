@@ -25,6 +25,7 @@ import numpy as np
 from edge_ad import __version__
 from edge_ad.imaging import max_image_pixels
 from edge_ad.logs import Throttle, escape_controls, redact
+from edge_ad.regions import DEFAULT_OVERLAP, check_overlap, parse_tiles, rois_for
 from edge_ad.stream.source_base import Frame, Source
 from edge_ad.stream.sources import open_source
 
@@ -53,6 +54,10 @@ class Stream:
     Ends when every source has ended or failed, after `max_frames` frames or `duration` seconds,
     when no frame came for `idle_timeout` seconds (None: wait for ever), or on `stop()`.
     `max_pixels`: the largest image or frame accepted (default $EDGE_AD_MAX_IMAGE_PIXELS or 50 MP).
+    `roi`: the region of interest, x,y,w,h ("x,y,w,h" or four numbers) for every source, or a list with
+    one (or None: the whole frame) per source; None keeps each Source's own `roi`. A frame that does not
+    contain its source's ROI fails that source (the others go on). `tiles` ("RxC" or (rows, cols)) and
+    `overlap`: each frame (or ROI) is cut into tiles run in one batch (see Detector.predict).
 
     A frame whose inference fails (an error, or a NaN/inf model output) is counted as an inference
     error of its source and logged; the other frames of its batch are run again one by one, so they
@@ -60,7 +65,8 @@ class Stream:
 
     def __init__(self, detector, sources, *, sinks: list | None = None, batch: int | None = None,
                  max_frames: int | None = None, duration: float | None = None, idle_timeout: float | None = None,
-                 reconnect=None, realtime: bool = False, loop: bool = False, max_pixels: int | None = None) -> None:
+                 reconnect=None, realtime: bool = False, loop: bool = False, max_pixels: int | None = None,
+                 roi=None, tiles=None, overlap: float = DEFAULT_OVERLAP) -> None:
         specs = list(sources) if isinstance(sources, (list, tuple)) else [sources]
         if not specs:
             raise ValueError("stream needs at least one source")
@@ -72,6 +78,11 @@ class Stream:
         self.sources: list[Source] = _unique([open_source(s, reconnect=reconnect, realtime=realtime, loop=loop,
                                                           buffer=max(4, self.batch), max_pixels=max_pixels)
                                               for s in specs])
+        self.tiles = None if parse_tiles(tiles) == (1, 1) else parse_tiles(tiles)
+        self.overlap = check_overlap(overlap)
+        if roi is not None:
+            for source, one in zip(self.sources, rois_for(roi, len(self.sources))):
+                source.roi = one
         self.sinks = list(sinks or [])
         self.max_frames, self.duration, self.idle_timeout = max_frames, duration, idle_timeout
         self.frames = 0
@@ -132,7 +143,7 @@ class Stream:
             raise
         self._event({"event": "start", "time": time.time(), "edge_ad": __version__,
                      "model": self.detector.model_name, "backend": self.detector.backend.name,
-                     "batch": self.batch, "sources": [s.name for s in self.sources]})
+                     "batch": self.batch, "sources": [s.name for s in self.sources], **self._view_fields()})
         log.info("streaming %d source(s) in batches of up to %d: %s", len(self.sources), self.batch,
                  ", ".join(s.name for s in self.sources))
 
@@ -251,8 +262,22 @@ class Stream:
                 errors.append(one)
         return results, errors
 
+    def _view_fields(self) -> dict:
+        """The ROIs and tiling of the start event, only when set."""
+        fields = {}
+        if any(s.roi is not None for s in self.sources):
+            fields["rois"] = {s.name: list(s.roi) if s.roi is not None else None for s in self.sources}
+        if self.tiles is not None:
+            fields["tiles"], fields["overlap"] = f"{self.tiles[0]}x{self.tiles[1]}", self.overlap
+        return fields
+
     def _predict(self, frames: list[Frame]) -> list[Result]:
-        results = self.detector.predict([f.image for f in frames], color=[f.color for f in frames])
+        view = {}                          # only when asked: a detector without these arguments still streams
+        if any(f.roi is not None for f in frames):
+            view["roi"] = [f.roi for f in frames]
+        if self.tiles is not None:
+            view.update(tiles=self.tiles, overlap=self.overlap)
+        results = self.detector.predict([f.image for f in frames], color=[f.color for f in frames], **view)
         if len(results) != len(frames):
             raise RuntimeError(f"the detector returned {len(results)} results for {len(frames)} frames")
         return results
@@ -325,7 +350,8 @@ class Stream:
     def summary(self) -> dict:
         """Totals (frames, fps, latency percentiles over all sources, drops, corrupt), `sources`: per source
         (with `reason`: why it produced nothing, or None), and `failed`: {"all_sources_failed": bool,
-        "all_inference_failed": bool, "reason": str ("" when neither)} for an exit code."""
+        "all_inference_failed": bool, "reason": str ("" when neither)} for an exit code; `sinks`: the
+        delivery counts of the sinks that report them (MQTT, webhook)."""
         seconds = self.seconds or (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
         per = {s.name: s.stats.summary(seconds) for s in self.sources}
         latencies = np.concatenate([np.asarray(s.stats.latencies_ms, np.float64) for s in self.sources])
@@ -336,6 +362,7 @@ class Stream:
                 "latency_ms_p99": round(float(np.percentile(latencies, 99)), 2) if latencies.size else 0.0,
                 "dropped": sum(p["dropped"] for p in per.values()), "corrupt": sum(p["corrupt"] for p in per.values()),
                 "source_state": self.sources[0].stats.state, "batch": self.batch, "sources": per,
+                "sinks": [sink.summary() for sink in self.sinks if callable(getattr(sink, "summary", None))],
                 "failed": self._failed(per)}
 
     def _failed(self, per: dict) -> dict:

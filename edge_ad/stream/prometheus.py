@@ -1,4 +1,5 @@
-"""A Prometheus endpoint for a running stream: FPS, latency, drops, reconnects and anomalies per source.
+"""A Prometheus endpoint for a running stream: FPS, latency, drops, reconnects and anomalies per source, and
+per network sink (MQTT, webhook) the messages delivered, dropped, refused and retried.
 
 The figures are read from the stream's own counters at scrape time (a custom collector on a
 private registry), so the hot loop does no extra bookkeeping for them, and two streams in one
@@ -55,6 +56,44 @@ class StreamCollector:
                 state.add_metric([s.name, st], float(s.stats.state == st))
             latency.add_metric([s.name], _buckets(s.stats.bucket_counts), s.stats.latency_sum_s)
         yield from (fps, gap, state, latency)
+        yield from _sink_families(self.stream.sinks)
+
+
+_SINK_COUNTERS = (  # (metric name without _total, help, key of a network sink's summary())
+    ("edge_ad_sink_delivered", "Messages a network sink (MQTT, webhook) delivered", "delivered"),
+    ("edge_ad_sink_dropped", "Messages dropped because the sink's queue was full (the endpoint down or slow)",
+     "dropped"),
+    ("edge_ad_sink_refused", "Messages the endpoint refused for good (not retried)", "refused"),
+    ("edge_ad_sink_retries", "Failed send attempts, each retried with back-off", "retries"),
+)
+
+
+def _sink_families(sinks: list) -> Iterator:
+    """Counters and gauges of the sinks that report delivery (those with summary(): MQTT, webhook)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    reports = [report for report in (_sink_report(sink) for sink in sinks) if report is not None]
+    labels = ["sink", "kind"]
+    for name, help_text, key in _SINK_COUNTERS:
+        family = CounterMetricFamily(name, help_text, labels=labels)
+        for r in reports:
+            family.add_metric([r["sink"], r["kind"]], r[key])
+        yield family
+    queued = GaugeMetricFamily("edge_ad_sink_queued", "Messages waiting in the sink's queue", labels=labels)
+    connected = GaugeMetricFamily("edge_ad_sink_connected", "1 while the sink's last send succeeded", labels=labels)
+    for r in reports:
+        queued.add_metric([r["sink"], r["kind"]], r["queued"])
+        connected.add_metric([r["sink"], r["kind"]], float(bool(r["connected"])))
+    yield from (queued, connected)
+
+
+def _sink_report(sink) -> dict | None:
+    summary = getattr(sink, "summary", None)
+    if not callable(summary):
+        return None
+    report = summary()
+    needed = {"sink", "kind", "queued", "connected", *(key for _, _, key in _SINK_COUNTERS)}
+    return report if isinstance(report, dict) and needed <= report.keys() else None
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_ad.imaging import MAX_PIXELS_ENV, max_image_pixels, to_rgb_uint8
 from edge_ad.logs import Throttle, escape_controls, redact
+from edge_ad.regions import Roi, check_roi, parse_roi
 from edge_ad.stream.stats import SourceStats
 
 __all__ = ["ENDED_STATES", "Frame", "Source"]
@@ -37,6 +38,7 @@ class Frame:
     source: str
     color: str = "BGR"         # BGR for cameras, videos, streams; RGB for folders
     name: str | None = None    # file name, for folder sources
+    roi: Roi | None = None     # the source's region of interest (x, y, w, h) when it entered; None: all of it
 
 
 class Source(ABC):
@@ -61,6 +63,18 @@ class Source(ABC):
         self._listener: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self._format: tuple | None = None
+        self._roi: Roi | None = None
+
+    @property
+    def roi(self) -> Roi | None:
+        """The region of interest (x, y, w, h) of this source's frames; None: the whole frame. Set it as
+        "x,y,w,h" or four numbers (checked at once); each frame is checked to contain it as it enters,
+        and a frame it does not fit fails the source, naming both sizes."""
+        return self._roi
+
+    @roi.setter
+    def roi(self, value) -> None:
+        self._roi = None if value is None else parse_roi(value)
 
     # The reader thread --------------------------------------------------------------------
     def start(self) -> "Source":
@@ -103,7 +117,10 @@ class Source(ABC):
         image = self._accept(image, index)
         if image is None:
             return False
-        frame = Frame(index, image, time.time(), self.name, color=self.color, name=name)
+        roi = self._roi
+        if roi is not None:                # a ROI outside the frame is a setting to fix: the source fails
+            check_roi(roi, image.shape[0], image.shape[1], where=f"frame {index}: ")
+        frame = Frame(index, image, time.time(), self.name, color=self.color, name=name, roi=roi)
         with self._cond:
             if self._stop.is_set():
                 return True                # stopping: read after the drain began, not handed over, not counted

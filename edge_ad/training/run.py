@@ -81,6 +81,7 @@ class TrainConfig:
     budget: str = "paper"                 # "paper" or "cpu": which of the model's defaults to use
     stages: list[str] | None = None       # staged models (DiffAD): the stages to run now; None = all
     model_kwargs: dict = field(default_factory=dict)   # backbone, image_size, resize_size, pretrained, ...
+    fit: str | None = None                # "squash", "letterbox" or "crop"; None: preprocess.DEFAULT_FIT
 
 
 @dataclass
@@ -354,7 +355,7 @@ def train(cfg: TrainConfig) -> dict:
     selected = _selected_stages(model, cfg)
     _check_stage_epochs(model, epochs)
     size, resize = model.config["image_size"], model.config["resize_size"]
-    geometry = Geometry((resize, resize), (size, size))
+    geometry = Geometry.for_model(size, resize, cfg.fit)
     splits = [split_train_val(len(c.train), cfg.val_fraction, cfg.seed) for c in categories]
     wrapped = UInt8Input(model, model.mean, model.std).to(cfg.device)   # the export's own pre-processing
     run_info = {"model": cfg.model, "config": model.config, "geometry": geometry.to_dict(),

@@ -100,7 +100,8 @@ def test_overwrite_killed_at_random_moments_never_mixes_runs(data, tmp_path, cap
             assert _loads_or_refused(run) == "loaded" and json.loads((run / "run.json").read_text())["seed"] == seed
             outcomes.append("resumed")
     assert main([*command(json.loads((run / "run.json").read_text())["seed"]), "--resume"]) == 0
-    assert sorted(os.listdir(run)) == ["checkpoint.pt", "metrics.json", "run.json"]   # stale temporaries cleaned
+    # stale temporaries cleaned; report/ is the run report `edge-ad train` writes at the end
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "metrics.json", "report", "run.json"]
     assert _tree(data) == data_before
     print("outcomes", outcomes)
 
