@@ -193,20 +193,38 @@ def _train(args: argparse.Namespace) -> int:
 
     kwargs = {"backbone": args.backbone, "image_size": args.image_size, "resize_size": args.resize_size,
               "pretrained": False if args.no_pretrained else None}
-    result = train(TrainConfig(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
+    result = train(TrainConfig(data=_train_data(args), out=args.out, model=args.model, epochs=args.epochs,
                                batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                                overwrite=args.overwrite, budget=args.budget, stages=args.stage, model_kwargs=kwargs,
-                               fit=args.fit))
+                               fit=args.fit, format=args.format, category=args.category))
     print(json.dumps(result, indent=2, default=str))
     print(f"run: {args.out} (checkpoint.pt, run.json, metrics.json)")
     _print_report(args.out, device=args.device, batch_size=args.batch_size or 8)
     return 0
 
 
+def _train_data(args: argparse.Namespace):
+    """--data DIR [DIR ...] (dataset folders) or --good DIR [--bad DIR] [--masks DIR] (plain folders)."""
+    from edge_ad.data import DataSource
+
+    if args.data is None and args.good is None:
+        raise ValueError("no images to train on: pass --data DIR [DIR ...] (a dataset folder) or --good DIR (a "
+                         "folder of good images; --bad and --masks optional)")
+    if args.data is not None and args.good is not None:
+        raise ValueError("--data and --good both name training images: give one of them (--data a dataset folder, "
+                         "--good plain folders)")
+    if args.good is None and (args.bad or args.masks):
+        raise ValueError("--bad and --masks go with --good DIR; with --data the layout says where defects are")
+    if args.good is not None:
+        return DataSource(good=args.good, bad=args.bad, masks=args.masks, format=args.format)
+    return args.data
+
+
 def _eval(args: argparse.Namespace) -> int:
     from edge_ad.training.evaluate import evaluate_run
 
-    report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device, batch_size=args.batch_size)
+    report = evaluate_run(args.run, data=args.data, modes=args.modes, device=args.device, batch_size=args.batch_size,
+                          format=args.format, category=args.category)
     print(json.dumps(report, indent=2, default=str))
     print(f"written: {report['written']}")
     _print_report(args.run, data=args.data, device=args.device, batch_size=args.batch_size)
@@ -688,6 +706,15 @@ def _model_choices() -> tuple[str, tuple[str, ...]]:
     return ", ".join(list_models()), BUDGETS
 
 
+def _data_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """--format and --category of the train and eval commands (the dataset layout of --data)."""
+    parser.add_argument("--format", choices=("mvtec", "mvtec2", "loco", "visa", "folder"), default=None,
+                        help="layout of --data: mvtec (MVTec AD), mvtec2 (MVTec AD 2), loco (MVTec LOCO), visa, "
+                             "folder (plain folders); default: detected from the folder")
+    parser.add_argument("--category", default=None, type=nonempty,
+                        help="VisA: the object to use when --data is the VisA root (or give VISA_ROOT/OBJECT)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     models, budgets = _model_choices()
 
@@ -706,10 +733,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="use --out even when it holds files the demo did not write (they may be replaced)")
     demo.set_defaults(func=_demo)
-    train = sub.add_parser("train", help="train a model on an MVTec-layout folder")
+    train = sub.add_parser("train", help="train a model on a dataset folder (MVTec AD, AD 2, LOCO, VisA) or "
+                                         "on plain folders of good (and defective) images")
     train.add_argument("--model", default="simplenet", help=f"one of: {models}")
-    train.add_argument("--data", required=True, nargs="+", metavar="DIR", type=nonempty,
-                       help="category folder(s) with train/good and test/; several train one unified model")
+    train.add_argument("--data", nargs="+", metavar="DIR", type=nonempty,
+                       help="category folder(s), their layout detected (or --format); test images optional; "
+                            "several train one unified model")
+    _data_format_arguments(train)
+    train.add_argument("--good", metavar="DIR", type=nonempty, help="instead of --data: a folder of good images")
+    train.add_argument("--bad", metavar="DIR", type=nonempty,
+                       help="with --good: defective images, to measure the model (optional)")
+    train.add_argument("--masks", metavar="DIR", type=nonempty,
+                       help="with --bad: their masks, <image name>.png or <image name>_mask.png (optional)")
     train.add_argument("--out", required=True, type=nonempty,
                        help="run folder; one that already holds a run needs --resume or --overwrite")
     train.add_argument("--budget", choices=budgets, default="paper",
@@ -739,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run folder written by `edge-ad train`")
     evaluate.add_argument("--data", nargs="+", metavar="DIR", type=nonempty,
                           help="test on these folders (default: the run's)")
+    _data_format_arguments(evaluate)
     evaluate.add_argument("--modes", nargs="+", help="localization modes (default: all the model has)")
     evaluate.add_argument("--device", default="cpu", type=nonempty)
     evaluate.add_argument("--batch-size", type=int_range(1, 65536), default=8)

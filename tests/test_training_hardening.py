@@ -348,7 +348,8 @@ def nan_detector(tiny_bundle, tmp_path):
 def test_non_finite_model_output_is_an_error_for_that_frame_never_normal(nan_detector) -> None:
     from edge_ad.runtime.result import InferenceError
 
-    black, grey = np.zeros((70, 90, 3), np.uint8), np.full((70, 90, 3), 100, np.uint8)
+    # square frames: the letterbox fit pads nothing (its black padding would be NaN in this graph)
+    black, grey = np.zeros((80, 80, 3), np.uint8), np.full((80, 80, 3), 100, np.uint8)
     with pytest.raises(InferenceError, match=r"not finite \(NaN/inf\) for image\(s\) 0, 2 of this batch of 3") as caught:
         nan_detector.predict([black, grey, black])
     assert caught.value.indices == [0, 2] and isinstance(caught.value, ValueError)
@@ -461,7 +462,8 @@ def test_non_finite_images_are_named_across_chunks_of_the_engine_maximum(nan_det
     positions in the caller's batch (here 1, 4 and 5 with chunks of 2), and the others keep results."""
     from edge_ad.runtime.result import InferenceError
 
-    black, grey = np.zeros((70, 90, 3), np.uint8), np.full((70, 90, 3), 100, np.uint8)
+    # square frames: the letterbox fit pads nothing (its black padding would be NaN in this graph)
+    black, grey = np.zeros((80, 80, 3), np.uint8), np.full((80, 80, 3), 100, np.uint8)
     nan_detector.backend.max_batch = 2
     with pytest.raises(InferenceError, match=r"image\(s\) 1, 4, 5 of this batch of 6") as caught:
         nan_detector.predict([grey, black, grey, grey, black, black])

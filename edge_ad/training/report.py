@@ -34,10 +34,10 @@ from edge_ad.runtime.overlays import encode_png, render_panel, verdict_lines
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.calibrate import Calibration
-from edge_ad.training.data import Prepared, loader, split_train_val
+from edge_ad.training.data import Prepared, loader, train_val_parts
 from edge_ad.training.predict import predict
 from edge_ad.training.report_plots import histogram_chart, pr_chart, roc_chart
-from edge_ad.training.run import COMPLETE, TrainConfig, load_categories, load_run, read_run_info
+from edge_ad.training.run import COMPLETE, TrainConfig, categories_to_test, load_run, read_run_info
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
 WORST = 6                                  # false positives / negatives shown per category
@@ -69,8 +69,8 @@ def _images_of(category, info: dict) -> tuple[str, object, list[int] | None]:
     if test is not None and len(test) > 0:
         return "test", test, None
     fraction = float(info.get("val_fraction", TrainConfig.val_fraction))
-    _, val = split_train_val(len(category.train), fraction, int(info.get("seed", 0)))
-    return "validation", category.train, val
+    _, val = train_val_parts(category.train, getattr(category, "val", None), fraction, int(info.get("seed", 0)))
+    return "validation", val.dataset, val.indices
 
 
 def score_category(category, info: dict, wrapped: UInt8Input, spec, geometry, device: str,
@@ -262,7 +262,7 @@ def write_report(run_dir: str | Path, *, data: list[str] | None = None, device: 
     geometry = Geometry.from_dict(info["geometry"])
     cal = Calibration.from_dict(info["calibration"])
     wrapped = UInt8Input(model, model.mean, model.std).to(device).eval()
-    categories = load_categories(data or info["data"])
+    categories = categories_to_test(info, data)
     scored = [score_category(c, info, wrapped, model.heatmap_spec(), geometry, device, batch_size) for c in categories]
     _remove_stale(run_dir)
     stage = Path(tempfile.mkdtemp(prefix=f".{REPORT_DIR}-{os.getpid()}-", dir=run_dir))

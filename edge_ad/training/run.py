@@ -1,4 +1,11 @@
-"""`edge-ad train`: fit a model on train/good, calibrate on a held-out part of it, evaluate on test.
+"""`edge-ad train`: fit a model on normal images, calibrate on normal images it did not see, evaluate on test.
+
+Data comes in any layout edge_ad/data reads (MVTec AD, MVTec AD 2, LOCO, VisA, plain folders; see
+edge_ad/data/layouts.py). Calibration uses the layout's own normal validation images when it has
+them (validation/good), else a held-out part of the training images. A test split is optional: with
+none, or with no defect images, the run is still trained, calibrated and written, and the metrics
+that need them are null with the reason in `absent`. Plain folders (--good/--bad) have no place for
+normal test images: the held-out normal images stand in as such (said in the metrics).
 
 Several category folders train one model on all of them (UniAD's unified setting; any model can): the
 training images are pooled, each category gives its own validation split, one calibration is made from
@@ -33,14 +40,14 @@ import torch
 from torch.utils.data import ConcatDataset
 
 import edge_ad
-from edge_ad.data import MVTecDataset
+from edge_ad.data import DataSource, SampleDataset, load_source
 from edge_ad.models import create_model, training_defaults
 from edge_ad.models.base import AnomalyModel
 from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.calibrate import Calibration, CalibrationError, calibrate
-from edge_ad.training.data import Prepared, loader, split_train_val
+from edge_ad.training.data import Part, Prepared, loader, train_val_parts
 from edge_ad.training.predict import metrics, predict
 from edge_ad.training.fit import (CHECKPOINT, CheckpointError, capture_rng, clean_temporaries, file_sha256, fit,
                                   load_checkpoint, save_checkpoint, write_text_atomic)
@@ -68,7 +75,7 @@ class RunError(ValueError):
 
 @dataclass
 class TrainConfig:
-    data: str | list[str]                 # one category folder, or several for one unified model
+    data: str | DataSource | list         # one category (a folder or a DataSource), or several for one unified model
     out: str
     model: str = "simplenet"
     epochs: int | dict[str, int] | None = None   # None: the model's default; staged models: per stage
@@ -82,30 +89,85 @@ class TrainConfig:
     stages: list[str] | None = None       # staged models (DiffAD): the stages to run now; None = all
     model_kwargs: dict = field(default_factory=dict)   # backbone, image_size, resize_size, pretrained, ...
     fit: str | None = None                # "squash", "letterbox" or "crop"; None: preprocess.DEFAULT_FIT
+    format: str | None = None             # dataset layout of the `data` folders (data.FORMATS); None: detected
+    category: str | None = None           # VisA: the object, when `data` is the VisA root
 
 
 @dataclass
 class Category:
     name: str
-    train: MVTecDataset
-    test: MVTecDataset
+    train: SampleDataset
+    test: SampleDataset | None
+    val: SampleDataset | None = None      # the layout's own normal validation images (calibration), if any
+    source: DataSource | None = None      # resolved: what run.json records to read the same images again
+    test_where: str = ""                  # where the test images were looked for (messages)
+    test_note: str | None = None          # how the test split was completed (normal images stood in)
 
 
-def load_categories(data: str | list[str]) -> list[Category]:
-    """One Category per folder; names are the folder names, made unique when two share one."""
-    folders = [data] if isinstance(data, (str, Path)) else list(data)
-    if not folders:
-        raise ValueError("no data folder given; pass --data DIR [DIR ...]")
+def load_categories(data, *, format: str | None = None, category: str | None = None) -> list[Category]:
+    """One Category per source (a folder, a DataSource or its dict); `format` and `category` apply
+    to the sources given as folders. Names are the folder (or VisA object) names, made unique."""
+    items = [data] if isinstance(data, (str, Path, dict, DataSource)) else list(data)
+    if not items:
+        raise ValueError("no data given; pass --data DIR [DIR ...] or --good DIR")
     out, seen = [], set()
-    for folder in folders:
-        if not str(folder).strip():
-            raise ValueError("an empty --data folder name was given; pass the category folder(s)")
-        name = Path(folder).resolve().name
+    for item in items:
+        if isinstance(item, (str, Path)):
+            if not str(item).strip():
+                raise ValueError("an empty --data folder name was given; pass the category folder(s)")
+            item = DataSource(path=str(item), format=format, category=category)
+        splits, source = load_source(DataSource.of(item))
+        name = source.name()
         while name in seen:
             name += "_"
         seen.add(name)
-        out.append(Category(name, MVTecDataset(folder, "train"), MVTecDataset(folder, "test")))
+        out.append(Category(name, splits.train, splits.test, splits.val, source, splits.test_where))
     return out
+
+
+def run_data(info: dict):
+    """What a run was trained on, for load_categories: the resolved sources it recorded (runs from
+    before layouts record folders only, which are detected again)."""
+    return info.get("data_sources") or info["data"]
+
+
+def categories_to_test(info: dict, data: list[str] | None = None, *, format: str | None = None,
+                       category: str | None = None) -> list[Category]:
+    """The categories to test (eval, report): `data` (folders) or the run's own sources, plain
+    folders' test split completed by the held-out normal images as training did (its seed, fraction)."""
+    categories = load_categories(data or run_data(info), format=format, category=category)
+    fraction = float(info.get("val_fraction", TrainConfig.val_fraction))
+    for c in categories:
+        if lacks_normal_test_images(c):
+            complete_test(c, train_val_parts(c.train, c.val, fraction, int(info.get("seed", 0)))[1])
+    return categories
+
+
+def plan_categories(categories: list[Category], fraction: float, seed: int) -> list[tuple[Part, Part]]:
+    """(training images, calibration images) of each category; completes plain folders' test split
+    (defect images only) with the held-out normal images (never trained on)."""
+    parts = [train_val_parts(c.train, c.val, fraction, seed) for c in categories]
+    for c, (_, val) in zip(categories, parts):
+        if lacks_normal_test_images(c):
+            complete_test(c, val)
+    return parts
+
+
+def lacks_normal_test_images(c: Category) -> bool:
+    """Whether the test split is plain folders' defect images, which has no normal ones by layout
+    (the other layouts have a place for them: there an empty one is the user's choice, reported)."""
+    labels = c.test.labels if c.test is not None else np.zeros(0, np.int64)
+    is_folder = c.source is not None and c.source.format == "folder"
+    return bool(is_folder and (labels == 1).any() and not (labels == 0).any())
+
+
+def complete_test(c: Category, val: Part) -> None:
+    """Add the held-out normal images to a test split that has none (image AUROC needs both classes)."""
+    c.test = c.test.plus(val.samples("validation"), "test")
+    c.test_note = (f"no normal test images in {c.test_where}: the {len(val)} held-out normal images of "
+                   f"{val.source} stand in; they also set the threshold, so the false-positive rate at it "
+                   "is optimistic")
+    log.warning("%s: %s", c.name, c.test_note)
 
 
 # Checks made before anything is trained or written ---------------------------------------------------------
@@ -159,9 +221,13 @@ def check_test_splits(categories: list[Category]) -> dict[str, str]:
     still trained, calibrated and written, with those metrics null and the reason recorded."""
     notes = {}
     for c in categories:
-        labels = c.test.labels
-        test = Path(c.test.root) / "test"
-        if not (labels == 1).any():
+        labels = c.test.labels if c.test is not None else np.zeros(0, np.int64)
+        test = c.test_where or (Path(c.test.root) / "test" if c.test is not None else "the test split")
+        if not len(labels):
+            notes[c.name] = (f"no test images ({test}): trained on good images only; image AUROC, pixel AUROC, "
+                             "AUPRO and the operating point need defect images, so they are null; the model is "
+                             "still trained, calibrated and written")
+        elif not (labels == 1).any():
             notes[c.name] = (f"{test} has no defect images (only good/): image AUROC, pixel AUROC and AUPRO "
                              "cannot be computed; the model is still trained, calibrated and written, with "
                              "those metrics null")
@@ -345,9 +411,11 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.out)
     defaults = training_defaults(cfg.model, cfg.budget)      # an unknown model name fails first
-    categories = load_categories(cfg.data)
-    folders = [str(Path(d).resolve()) for d in ([cfg.data] if isinstance(cfg.data, (str, Path)) else cfg.data)]
-    _check_out(run_dir, folders)
+    categories = load_categories(cfg.data, format=cfg.format, category=cfg.category)
+    sources = [c.source for c in categories]
+    folders = [s.folder() for s in sources]
+    _check_out(run_dir, [p for s in sources for p in (s.path, s.good, s.bad, s.masks) if p is not None])
+    parts = plan_categories(categories, cfg.val_fraction, cfg.seed)
     notes = check_test_splits(categories)
     epochs = cfg.epochs or defaults["epochs"]
     batch_size = cfg.batch_size or defaults["batch_size"]
@@ -356,17 +424,18 @@ def train(cfg: TrainConfig) -> dict:
     _check_stage_epochs(model, epochs)
     size, resize = model.config["image_size"], model.config["resize_size"]
     geometry = Geometry.for_model(size, resize, cfg.fit)
-    splits = [split_train_val(len(c.train), cfg.val_fraction, cfg.seed) for c in categories]
     wrapped = UInt8Input(model, model.mean, model.std).to(cfg.device)   # the export's own pre-processing
     run_info = {"model": cfg.model, "config": model.config, "geometry": geometry.to_dict(),
                 "heatmap": model.heatmap_spec()._asdict(), "data": folders[0] if len(folders) == 1 else folders,
-                "categories": [c.name for c in categories], "epochs": epochs, "batch_size": batch_size,
-                "budget": cfg.budget, "seed": cfg.seed, "train_images": sum(len(t) for t, _ in splits),
-                "val_images": sum(len(v) for _, v in splits), "edge_ad": edge_ad.__version__,
-                "torch": torch.__version__}
+                "data_sources": [s.to_dict() for s in sources], "categories": [c.name for c in categories],
+                "epochs": epochs, "batch_size": batch_size, "budget": cfg.budget, "seed": cfg.seed,
+                "val_fraction": cfg.val_fraction, "train_images": sum(len(t) for t, _ in parts),
+                "val_images": sum(len(v) for _, v in parts),
+                "calibration_images": {c.name: v.source for c, (_, v) in zip(categories, parts)},
+                "edge_ad": edge_ad.__version__, "torch": torch.__version__}
     if notes:
         run_info["test_split_notes"] = notes
-    train_set = ConcatDataset([Prepared(c.train, geometry, t) for c, (t, _) in zip(categories, splits)])
+    train_set = ConcatDataset([t.prepared(geometry) for t, _ in parts])
     train_data = loader(train_set, batch_size, shuffle=True, seed=cfg.seed)
     extra = {"model_name": cfg.model, "config": model.config, "geometry": geometry.to_dict(),
              "batch_size": batch_size, "seed": cfg.seed, "train_images": run_info["train_images"],
@@ -394,7 +463,7 @@ def train(cfg: TrainConfig) -> dict:
             losses = fit(model, train_data, wrapped.normalize, epochs=epochs, run_dir=run_dir, device=cfg.device,
                          resume=state is not None, state=state, extra=extra, on_epoch=on_epoch)
             progress = {"epochs_done": epochs}
-        calibration, result = _calibrate_and_evaluate(run_dir, model, wrapped, categories, geometry, splits,
+        calibration, result = _calibrate_and_evaluate(run_dir, model, wrapped, categories, geometry, parts,
                                                       batch_size, cfg.device)
         result["seconds"] = time.perf_counter() - start
         sha = file_sha256(run_dir / CHECKPOINT)
@@ -462,13 +531,13 @@ def _begin(run_dir: Path, cfg: TrainConfig, model: AnomalyModel, run_info: dict,
     return _Start(writer, state, previous)
 
 
-def _calibrate_and_evaluate(run_dir: Path, model, wrapped, categories, geometry, splits, batch_size,
+def _calibrate_and_evaluate(run_dir: Path, model, wrapped, categories, geometry, parts, batch_size,
                             device) -> tuple[Calibration, dict]:
     """Calibration on the validation split, metrics on test; an error here keeps the trained weights
     and says how to finish without training again."""
     spec = model.heatmap_spec()
     try:
-        val_set = ConcatDataset([Prepared(c.train, geometry, v) for c, (_, v) in zip(categories, splits)])
+        val_set = ConcatDataset([v.prepared(geometry) for _, v in parts])
         val = predict(wrapped, loader(val_set, batch_size, shuffle=False), spec, device)
         calibration = calibrate(val["scores"], val["maps"])
     except CalibrationError as err:
@@ -478,7 +547,8 @@ def _calibrate_and_evaluate(run_dir: Path, model, wrapped, categories, geometry,
         raise RunError(f"{err}; the trained weights are kept in {run_dir / CHECKPOINT}: fix this, then run the "
                        "same `edge-ad train` with --resume to calibrate and evaluate without training again") from err
     try:
-        result = evaluate_categories(wrapped, categories, geometry, spec, batch_size, device)
+        result = evaluate_categories(wrapped, categories, geometry, spec, batch_size, device,
+                                     threshold=calibration.image_threshold)
     except ValueError as err:
         raise RunError(f"{err}; the trained weights are kept in {run_dir / CHECKPOINT}: fix this, then run the "
                        "same `edge-ad train` with --resume to calibrate and evaluate without training again") from err
@@ -564,6 +634,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, AnomalyModel]:
     data = [info["data"]] if isinstance(info["data"], str) else info["data"]
     if not data or not all(isinstance(d, str) and d for d in data):
         raise RunError(f"{info_path}: 'data' must name the training folder(s); the run is damaged: retrain with --overwrite")
+    _check_sources(info, info_path)
     if not isinstance(info.get("metrics", {}), (dict, type(None))):
         raise RunError(f"{info_path}: 'metrics' must be an object; the run is damaged: retrain with --overwrite")
     try:
@@ -596,6 +667,21 @@ def load_run(run_dir: str | Path) -> tuple[dict, AnomalyModel]:
     return info, model.eval()
 
 
+def _check_sources(info: dict, info_path: Path) -> None:
+    """`data_sources` (runs since layouts): a list of data sources, one per category."""
+    sources = info.get("data_sources")
+    if sources is None:
+        return
+    try:
+        if not isinstance(sources, list) or not sources:
+            raise ValueError("it must be a list of data sources")
+        for source in sources:
+            DataSource.of(source)
+    except ValueError as err:
+        raise RunError(f"{info_path}: 'data_sources' is not valid ({err}); the run is damaged: retrain with "
+                       "--overwrite") from None
+
+
 def _check_legacy(run_dir: Path, info: dict, state: dict) -> None:
     """A run written before runs carried a checkpoint sha256: at least the epoch count and the
     configuration of the checkpoint must be run.json's (an interrupted retrain left other weights)."""
@@ -613,14 +699,20 @@ def _check_legacy(run_dir: Path, info: dict, state: dict) -> None:
 
 
 def evaluate_categories(model: torch.nn.Module, categories: list[Category], geometry: Geometry, spec: HeatmapSpec,
-                        batch_size: int, device: str) -> dict:
-    """Metrics of one category, or per category plus their mean (the unified setting's report).
-    A metric no category can give is null, with the reasons in `absent`."""
+                        batch_size: int, device: str, *, threshold: float | None = None) -> dict:
+    """Metrics of one category, or per category plus their mean (the unified setting's report);
+    each category's with its operating point at the image `threshold` (the deployed one). A metric
+    no category can give is null, with the reasons in `absent`."""
     per = {}
     for c in categories:
+        if c.test is None or not len(c.test):
+            per[c.name] = no_test_metrics(c.test_where)
+            continue
         test = predict(model, loader(Prepared(c.test, geometry), batch_size, shuffle=False), spec, device)
-        per[c.name] = metrics(test)
+        per[c.name] = with_operating_point(metrics(test), test, threshold)
         per[c.name]["per_defect_image_auroc"] = _per_defect(c.test, test)
+        if c.test_note:
+            per[c.name]["test_note"] = c.test_note
     if len(per) == 1:
         return next(iter(per.values()))
     out = {key: mean_of([m[key] for m in per.values()]) for key in ("image_auroc", "pixel_auroc", "aupro")}
@@ -632,13 +724,41 @@ def evaluate_categories(model: torch.nn.Module, categories: list[Category], geom
     return out
 
 
+def no_test_metrics(where: str) -> dict:
+    """The metrics of a category without test images: all null, each with the reason."""
+    reason = f"no test images ({where or 'no test split'}): trained on good images only"
+    keys = ("image_auroc", "pixel_auroc", "aupro", "operating_point")
+    return {**{k: None for k in keys}, "absent": {k: reason for k in keys}, "per_defect_image_auroc": {}}
+
+
+def with_operating_point(result: dict, pred: dict, threshold: float | None) -> dict:
+    """`result` plus `operating_point` (edge_ad.metrics.operating_point of the test scores at the
+    threshold: recall, false-positive rate, precision, F1, F1-max and its threshold) when the test
+    images hold both classes, else null with the reason in `absent`."""
+    from edge_ad.metrics import operating_point
+
+    labels, scores = np.asarray(pred["labels"]), np.asarray(pred["scores"], np.float64)
+    reason = None
+    if threshold is None:
+        reason = "no image threshold to measure it at"
+    elif not ((labels == 1).any() and (labels == 0).any()):
+        reason = "the test images need both good and defect images"
+    elif not np.isfinite(scores).all():
+        reason = "the model's score is NaN/inf on some test images"
+    result["operating_point"] = None if reason else {"threshold": float(threshold),
+                                                     **operating_point(scores, labels, float(threshold))}
+    if reason:
+        result.setdefault("absent", {})["operating_point"] = reason
+    return result
+
+
 def mean_of(values: list) -> float | None:
     """Mean of the values that are not None (a category without masks has no pixel metrics)."""
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
 
-def _per_defect(test_set: MVTecDataset, pred: dict) -> dict:
+def _per_defect(test_set: SampleDataset, pred: dict) -> dict:
     """Image AUROC of each defect type against the normal test images (none without normal images)."""
     from edge_ad.metrics import image_auroc
 

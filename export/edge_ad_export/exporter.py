@@ -18,12 +18,11 @@ import torch
 
 import edge_ad
 from edge_ad.bundle import Bundle, check_calibration, check_name, write_bundle
-from edge_ad.data import MVTecDataset
 from edge_ad.models.base import LATENT_DDIM, AnomalyModel
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.fit import CHECKPOINT, file_sha256
-from edge_ad.training.run import load_run
+from edge_ad.training.run import load_categories, load_run, run_data
 from .onnx import INPUT, OPSET, OUTPUT, export_onnx
 from .diffusion_graphs import GRAPHS, export_parts, pipeline_meta
 from .fp16 import fp16_name, write_fp16
@@ -111,8 +110,8 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
 def _parity_images(info: dict, geometry: Geometry, count: int) -> np.ndarray:
     """Real images of the training data when it is still there, else seeded noise."""
     try:
-        folder = info["data"] if isinstance(info["data"], str) else info["data"][0]
-        data = MVTecDataset(folder, "test")
+        category = load_categories(run_data(info))[0]        # any layout; a good-only run has no test split
+        data = category.test if category.test is not None and len(category.test) else category.train
         picks = np.linspace(0, len(data) - 1, count).astype(int)
         return np.stack([prepare(data[int(i)]["image"], geometry) for i in picks])
     except (ValueError, OSError):
