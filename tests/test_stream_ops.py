@@ -177,3 +177,25 @@ def test_redaction_and_json_logs() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "lost rtsp://***@h/s" and entry["source"] == "rtsp://***@h/s"
     assert entry["level"] == "WARNING" and entry["time"].endswith("Z")
+
+
+def test_a_stream_whose_start_fails_still_closes_its_sinks(detector) -> None:
+    """A source that cannot start: the error reaches the caller, and every sink (an MQTT or webhook
+    sink's worker thread among them) is closed, not left running."""
+    class Broken(IterableSource):
+        def start(self):
+            raise RuntimeError("camera SDK refused to start")
+
+    class Recorder:
+        closed = False
+
+        def write(self, item) -> None:
+            pass
+
+        def close(self) -> None:
+            Recorder.closed = True
+
+    stream = detector.stream(Broken(iter([]), "cam"), sinks=[Recorder()])
+    with pytest.raises(RuntimeError, match="refused to start"):
+        list(stream)
+    assert Recorder.closed

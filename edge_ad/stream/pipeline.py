@@ -113,9 +113,9 @@ class Stream:
     # The loop --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[StreamItem]:
         self._t0 = start = time.monotonic()
-        self._start()
-        idle_since = time.monotonic()
-        try:
+        try:                                     # a start that fails still closes the sources and sinks
+            self._start()
+            idle_since = time.monotonic()
             while not self._stopping.is_set() and not self._limit_reached(start, idle_since):
                 frames = self._collect(wait=0.5)
                 self._forward_events()
