@@ -16,12 +16,21 @@ Roi = tuple[int, int, int, int]      # (x, y, width, height) in the frame's pixe
 DEFAULT_OVERLAP = 0.1                # of a tile's side, shared with its neighbour
 MAX_OVERLAP = 0.5
 MAX_TILES_PER_SIDE = 16
-_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
-_TILES = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)              # ASCII digits only: not "１" or "٣"
+_TILES = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", re.ASCII)
 
 
-class RoiError(ValueError):
+class ViewError(ValueError):
+    """A view (ROI, tiles) that one image cannot take: the message says which and why. Callers that
+    predict many images give that image an error and go on; a malformed setting is a plain ValueError."""
+
+
+class RoiError(ViewError):
     """A region of interest that is malformed or does not fit its frame; the message says which and why."""
+
+
+class TilingError(ViewError):
+    """More tiles along a side than the image (or its ROI) has pixels."""
 
 
 def parse_roi(value) -> Roi:

@@ -8,7 +8,9 @@ where the pipeline put it. The tiling claim itself runs a trained tiny MKD bundl
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -20,11 +22,12 @@ from onnx import TensorProto, helper
 import edge_ad
 from edge_ad.bundle import BundleError, read_bundle, write_bundle
 from edge_ad.cli import main
-from edge_ad.regions import RoiError, parse_roi, parse_tiles
+from edge_ad.regions import RoiError, TilingError, ViewError, parse_roi, parse_tiles
 from edge_ad.runtime.backend import BaseBackend
 from edge_ad.runtime.detector import Detector
 from edge_ad.runtime.preprocess import DEFAULT_FIT, FITS, Geometry, prepare
-from edge_ad.runtime.tiling import tile_boxes
+from edge_ad.runtime.result import Result
+from edge_ad.runtime.tiling import plan_view, tile_boxes
 from edge_ad.stream import IterableSource
 
 SIDE = 32
@@ -301,3 +304,83 @@ def test_a_letterbox_run_trains_exports_and_matches_the_runtime(tmp_path, assert
     assert_runtime_matches_training(tmp_path / "run", bundle, data)
     result = edge_ad.load(bundle, backend="onnxruntime-cpu").predict(np.full((240, 320, 3), 90, np.uint8))
     assert result.heatmap.shape == (240, 320)
+
+
+# Review: every pixel of the ROI is seen under every fit; view errors per image; ASCII digits only ----------
+
+COVERAGE_FRAMES = [(480, 640), (37, 53), (1000, 17), (64, 64), (9, 7)]
+COVERAGE_GRIDS = [(1, 1), (1, 4), (3, 4), (2, 2), (5, 3), (16, 16)]
+COVERAGE_GEOMETRIES = [((72, 72), (64, 64)), ((256, 256), (224, 224)), ((100, 90), (60, 50))]
+
+
+def _seen(view, geometry: Geometry) -> np.ndarray:
+    """The pixels of the image that some model input of `view` shows (what Result stitches)."""
+    parts = tuple((box, np.ones(geometry.crop, np.float32)) for box in view.boxes)
+    result = Result(0.0, 0.0, False, parts[0][1], view.size, geometry, (0.0, 1.0), 0.5, parts=parts)
+    _ = result.heatmap
+    return result._seen
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize("resize, crop", COVERAGE_GEOMETRIES)
+def test_tiles_leave_no_seam_unseen_and_see_nothing_outside_the_roi(fit, resize, crop) -> None:
+    """Under "crop" the tiles grow so their centres meet; only the frame's own border strip (the
+    untiled crop fit's) may stay unseen, and nothing outside the ROI is painted."""
+    geometry = Geometry(resize, crop, fit)
+    checked = 0
+    for (h, w), (rows, cols), overlap in itertools.product(COVERAGE_FRAMES, COVERAGE_GRIDS, (0.0, 0.1, 0.3)):
+        for roi in (None, (w // 5, h // 5, max(cols, w // 2), max(rows, h // 2))):
+            if rows > h or cols > w or (roi and (roi[0] + roi[2] > w or roi[1] + roi[3] > h)):
+                continue
+            view = plan_view((h, w), roi, (rows, cols), overlap, geometry=geometry)
+            x, y, rw, rh = roi or (0, 0, w, h)
+            inside = np.zeros((h, w), bool)
+            inside[y:y + rh, x:x + rw] = True
+            top, left, bh, bw = geometry.region(h, w)
+            reachable = np.zeros((h, w), bool)
+            reachable[top:top + bh, left:left + bw] = True
+            seen = _seen(view, geometry)
+            where = f"{fit} {crop} frame {h}x{w} tiles {rows}x{cols} overlap {overlap} roi {roi}"
+            assert not (inside & reachable & ~seen).any(), f"unseen pixels in the ROI: {where}"
+            assert not (seen & ~inside).any(), f"pixels outside the ROI painted: {where}"
+            assert all(0 <= t and 0 <= l and t + bh <= h and l + bw <= w for t, l, bh, bw in view.boxes), where
+            checked += 1
+    assert checked > 100
+
+
+def test_crop_tiles_of_the_review_case_have_no_gap_and_one_tile_is_the_whole_frame() -> None:
+    geometry = Geometry((72, 72), (64, 64), "crop")
+    for overlap in (0.0, 0.1):
+        seen = _seen(plan_view((480, 640), None, "1x4", overlap, geometry=geometry), geometry)
+        assert seen[100:380, 40:600].all()
+    assert plan_view((480, 640), None, None, geometry=geometry).whole
+
+
+def test_an_image_smaller_than_the_tile_grid_is_a_view_error_naming_its_size_and_the_tiles() -> None:
+    with pytest.raises(ViewError, match=r"1x1 image.*tiles 16x16"):
+        plan_view((1, 1), None, "16x16")
+    with pytest.raises(TilingError, match=r"the 3x2 region of interest of the 640x480 image.*tiles 4x4"):
+        plan_view((480, 640), (10, 10, 3, 2), (4, 4))
+    assert issubclass(RoiError, ViewError) and issubclass(ViewError, ValueError)
+
+
+def test_a_tile_blown_up_past_the_limit_is_warned_about_once(caplog) -> None:
+    geometry = Geometry((72, 72), (61, 61), "squash")          # a model input size no other test uses
+    with caplog.at_level(logging.WARNING, logger="edge_ad.runtime.tiling"):
+        for _ in range(3):
+            plan_view((480, 640), (1, 2, 5, 7), None, geometry=geometry)
+        plan_view((480, 640), (1, 2, 300, 200), None, geometry=geometry)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "5x7" in warned[0] and "enlarged" in warned[0]
+
+
+@pytest.mark.parametrize("text", ["１,2,3,4", "1,2,٣,4"])
+def test_a_roi_takes_ascii_digits_only(text) -> None:
+    with pytest.raises(RoiError):
+        parse_roi(text)
+
+
+@pytest.mark.parametrize("text", ["٣x٣", "２x2"])
+def test_tiles_take_ascii_digits_only(text) -> None:
+    with pytest.raises(ValueError, match="ROWSxCOLS"):
+        parse_tiles(text)

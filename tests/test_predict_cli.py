@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import edge_ad
 from edge_ad.cli import main
 from edge_ad.runtime.overlays import GAP, render_panel
-from edge_ad.runtime.predict_files import collect_images, overlay_names
+from edge_ad.runtime.predict_files import collect_images, entry_problem, overlay_names, printable
 
 H, W = 200, 256               # no display scaling at this size: an overlay's left half is the original
 
@@ -198,3 +199,60 @@ def test_roi_and_tiles_reach_the_detector_and_a_roi_that_misses_is_one_error_row
         whole = detector.predict(big)
     assert float(table["big.png"]["score"]) == pytest.approx(want.score, rel=1e-5)
     assert want.score != pytest.approx(whole.score, rel=1e-5)   # the options changed what was scored
+
+
+def test_hostile_entries_and_a_too_small_image_get_error_rows_and_the_rest_go_on(tiny_bundle, tmp_path) -> None:
+    """A link loop, a dangling link, a FIFO (never opened: it would hang), an image smaller than the
+    tile grid: each its own error row; a name that is not UTF-8 is written as \\xNN in both files."""
+    folder = tmp_path / "in"
+    _write(folder / "good.png", _image(20))
+    _write(folder / "tiny.png", np.zeros((1, 1, 3), np.uint8))
+    os.rename(folder / "good.png", os.fsdecode(bytes(folder) + b"/bad\xffname.png"))
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "dangling.png").symlink_to("missing.png")
+    os.mkfifo(folder / "fifo.png")
+    out = tmp_path / "out"
+    assert _predict(tiny_bundle, str(folder), "--out", str(out), "--tiles", "16x16") == 2
+    table, lines = _rows(out)
+    assert [Path(r["path"]).name for r in lines] == ["bad\\xffname.png", "dangling.png", "fifo.png", "loop.png",
+                                                      "tiny.png"]
+    assert [Path(r["path"]).name for r in table] == [Path(r["path"]).name for r in lines]
+    errors = {Path(r["path"]).name: r["error"] for r in lines}
+    assert errors["bad\\xffname.png"] is None and lines[0]["verdict"] in ("normal", "anomalous")
+    assert "symbolic link loop" in errors["loop.png"]
+    assert "link to a missing file" in errors["dangling.png"]
+    assert "FIFO" in errors["fifo.png"]
+    assert "1x1 image" in errors["tiny.png"] and "tiles 16x16" in errors["tiny.png"]
+
+
+def test_a_loop_named_on_the_command_line_is_collected_not_a_crash(tmp_path) -> None:
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    assert collect_images([str(tmp_path / "loop.png"), str(tmp_path)]) == [tmp_path / "loop.png"]
+    assert "loop" in entry_problem(tmp_path / "loop.png")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root lists any folder")
+def test_a_folder_that_cannot_be_listed_is_an_error_row(tmp_path) -> None:
+    locked = tmp_path / "in" / "locked"
+    locked.mkdir(parents=True)
+    _write(tmp_path / "in" / "a.png", _image(21))
+    locked.chmod(0)
+    try:
+        found = collect_images([str(tmp_path / "in")])
+        assert locked in found and "cannot be listed" in entry_problem(locked)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_roi_error_says_region_of_interest_once(tiny_bundle, tmp_path) -> None:
+    _write(tmp_path / "in" / "small.png", cv2.resize(_image(7), (40, 30)))
+    out = tmp_path / "out"
+    assert _predict(tiny_bundle, str(tmp_path / "in"), "--out", str(out), "--roi", "10,10,100,100") == 2
+    error = _rows(out)[1][0]["error"]
+    assert error.count("region of interest") == 1, error
+
+
+def test_printable_escapes_the_bytes_of_a_name_that_is_not_utf8() -> None:
+    assert printable(os.fsdecode(b"bad\xffname.png")) == "bad\\xffname.png"
+    assert printable("café ü.png") == "café ü.png"
+    assert printable("\ud800") == "\\ud800"                       # a surrogate no file name decodes to

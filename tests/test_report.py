@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -166,3 +167,27 @@ def test_ticks_are_round_and_cover_the_range() -> None:
     ticks = nice_ticks(0.37, 8.9)
     assert ticks[0] >= 0.37 and ticks[-1] <= 8.9 and len(ticks) >= 4
     assert all(float(t / (ticks[1] - ticks[0])).is_integer() for t in ticks)
+
+
+def test_f1_max_is_the_deployable_threshold_of_metrics_json(run) -> None:
+    """The report's F1-max threshold is metrics.json's (the runtime's `score > threshold` rule)."""
+    page, _ = check_report(write_report(run))                 # the run's own test data, as metrics.json
+    text = " ".join(page.text)
+    point = json.loads((run / "metrics.json").read_text())["operating_point"]
+    shown = re.search(r"F1-max \(at its threshold\)\s*(\S+) \(flagged above (\S+)\)", text)
+    assert shown is not None, text
+    assert shown.groups() == (f"{point['f1_max']:.3f}", f"{point['f1_max_threshold']:.5g}")
+
+
+def test_names_that_are_not_utf8_are_shown_escaped(run, data, tmp_path) -> None:
+    """A defect folder whose name is not valid UTF-8 (the per-defect table shows every defect)."""
+    copy = tmp_path / "washer"
+    shutil.copytree(data, copy)
+    defect = sorted(d.name for d in (copy / "test").iterdir() if d.name != "good")[0]
+    odd = os.fsdecode(defect.encode() + b"\xff")
+    for split in ("test", "ground_truth"):
+        if (copy / split / defect).is_dir():
+            os.rename(copy / split / defect, copy / split / odd)
+    report = write_report(run, data=[str(copy)])
+    page, _ = check_report(report)
+    assert f"{defect}\\xff" in " ".join(page.text)

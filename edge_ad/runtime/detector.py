@@ -160,7 +160,8 @@ class Detector:
         """How the model looks at images of these sizes (H, W): their checked ROIs and the boxes cut
         from each (see edge_ad.runtime.tiling). Raises RoiError for a ROI that does not fit."""
         rois = rois_for(roi, len(sizes))
-        return [plan_view(size, r, tiles, overlap, where=f"image {i}: " if len(sizes) > 1 else "")
+        return [plan_view(size, r, tiles, overlap, where=f"image {i}: " if len(sizes) > 1 else "",
+                          geometry=self.geometry)
                 for i, (size, r) in enumerate(zip(sizes, rois))]
 
     def _inputs(self, rgb: list[np.ndarray], views: list[View]) -> np.ndarray:

@@ -4,22 +4,29 @@ What is read: a file named on the command line (whatever its suffix: a bad one b
 a folder, recursively (image suffixes only, hidden folders skipped, symbolic links to folders not
 followed); a glob the shell did not expand (quoted: `"parts/**/*.png"`, `**` matching any depth), its
 image files and its folders as above. The same file reached twice is predicted once; nothing under
-the output folder is read (the overlays of an earlier run stay out).
+the output folder is read (the overlays of an earlier run stay out). Hostile entries never stop the
+run: a symbolic link loop, a link to a missing file, a FIFO or device, a folder that cannot be listed
+each get an error row saying which (a FIFO is never opened, so it cannot hang the run).
 
 What is written under OUT: `overlays/<name>.png` (the original beside its heat map, the anomalous
 region outlined, verdict and scores), `results.csv` and `results.jsonl` with one row per image: path,
 score, normalized_score, verdict, overlay (relative to OUT), error. An image that cannot be read or
 whose inference fails gets a row with its error and no verdict; the others go on. Rows are written
-as each batch finishes, so an interrupted run keeps what it did. No torch (the runtime side).
+as each batch finishes, so an interrupted run keeps what it did. An image its ROI or tiles do not fit
+(too small for the tile grid, a ROI past its edge) gets an error row too. Text is UTF-8: a file name
+whose bytes are not valid UTF-8 shows each such byte as \\xNN (Python's "backslashreplace"), in both
+files and on the terminal. No torch (the runtime side).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -28,7 +35,7 @@ import cv2
 import numpy as np
 
 from edge_ad.imaging import IMAGE_SUFFIXES, ImageReadError, read_image
-from edge_ad.regions import RoiError
+from edge_ad.regions import ViewError
 from edge_ad.runtime.detector import Detector
 from edge_ad.runtime.overlays import encode_png, render_panel, verdict_lines
 from edge_ad.runtime.result import InferenceError, Result
@@ -79,10 +86,10 @@ def collect_images(args: list[str], *, exclude: Path | None = None) -> list[Path
     `exclude`. A name that matches nothing is a FileNotFoundError saying which."""
     found: list[Path] = []
     seen: set[Path] = set()
-    skip = exclude.resolve() if exclude is not None else None
+    skip = _identity(exclude) if exclude is not None else None
     for arg in args:
         for path in _expand(arg):
-            key = path.resolve()
+            key = _identity(path)
             if key in seen or (skip is not None and key.is_relative_to(skip)):
                 continue
             seen.add(key)
@@ -92,12 +99,34 @@ def collect_images(args: list[str], *, exclude: Path | None = None) -> list[Path
     return found
 
 
+def _identity(path: Path) -> Path:
+    """The real path of `path`, to tell two names of one file apart; never raises (a symbolic link
+    loop or an unreachable folder keeps its absolute spelling: its read gets the error row)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):           # RuntimeError: a symlink loop before Python 3.13
+        return Path(os.path.abspath(path))
+
+
+def _kind(path: Path) -> str:
+    """"folder", "missing", or "entry": anything else that exists, even a link loop or a FIFO (read
+    later, where it gets its error row)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "entry" if os.path.islink(path) else "missing"
+    except (OSError, ValueError):             # a loop, permission denied, an over-long name
+        return "entry"
+    return "folder" if stat.S_ISDIR(mode) else "entry"
+
+
 def _expand(arg: str) -> list[Path]:
     """One command-line argument -> its image files."""
     path = Path(arg)
-    if path.is_dir():
+    kind = _kind(path)
+    if kind == "folder":
         return images_under(path)
-    if path.is_file():
+    if kind == "entry":
         return [path]
     if GLOB_CHARS & set(arg):
         matches = sorted(glob.glob(arg, recursive=True))
@@ -105,19 +134,61 @@ def _expand(arg: str) -> list[Path]:
             raise FileNotFoundError(f"{arg!r} matches no file")
         out: list[Path] = []
         for match in map(Path, matches):
-            out += images_under(match) if match.is_dir() else ([match] if _is_image_name(match) else [])
+            out += images_under(match) if _kind(match) == "folder" else ([match] if _is_image_name(match) else [])
         return out
     raise FileNotFoundError(f"{arg}: no such file or folder")
 
 
 def images_under(folder: Path) -> list[Path]:
     """Image files under `folder` at any depth, sorted by path; hidden files and folders and links to
-    folders skipped."""
-    out = []
-    for root, dirs, files in os.walk(folder):
+    folders skipped. A folder that cannot be listed is itself in the list (its row says why)."""
+    out: list[Path] = []
+    for root, dirs, files in os.walk(folder, onerror=lambda err: out.append(Path(err.filename))):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         out += [Path(root) / f for f in files if _is_image_name(Path(f)) and not f.startswith(".")]
     return sorted(out)
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an image file (None: a regular file, read it): a link loop, a link
+    to a missing file, a folder that cannot be listed, a FIFO, socket or device (never opened: a FIFO
+    would block the run)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop (the link points back to itself)"
+        if os.path.islink(path) and err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"a symbolic link to a missing file ({os.readlink(path)})"
+        return f"cannot reach it: {err.strerror or err}"
+    if stat.S_ISDIR(mode):
+        try:
+            os.listdir(path)
+        except OSError as err:
+            return f"a folder that cannot be listed ({err.strerror or err}): its images were not predicted"
+        return "a folder, not an image file"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({_special_kind(mode)}); only image files are read"
+    return None
+
+
+def _special_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def printable(text: str) -> str:
+    """`text` (a path, or a message naming one) as valid UTF-8: the bytes of a file name that are not
+    UTF-8 (held by Python as surrogates) shown as \\xNN, Python's "backslashreplace" escape of the
+    file name's bytes; any other text unchanged."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:                # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return data.decode("utf-8", "backslashreplace")
 
 
 def _is_image_name(path: Path) -> bool:
@@ -152,7 +223,7 @@ def overlay_names(paths: list[Path]) -> list[str]:
 def csv_cell(value) -> str:
     """A value as a CSV cell a spreadsheet shows as text: None -> empty; a text starting with = + - @
     (a formula to Excel and LibreOffice) gets a leading apostrophe. csv.writer quotes commas, quotes
-    and line breaks; results.jsonl keeps every name exactly."""
+    and line breaks; results.jsonl keeps every name as is (both escape non-UTF-8 bytes: see printable)."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -165,14 +236,15 @@ class ResultWriter:
     """results.csv and results.jsonl, a row at a time (flushed per batch)."""
 
     def __init__(self, out: Path) -> None:
-        # backslashreplace: a file name that is not valid UTF-8 is written escaped, never refused
+        # rows come escaped (printable); backslashreplace is the backstop: never refuse to write a row
         self._csv_file: TextIO = open(out / RESULTS_CSV, "w", newline="", encoding="utf-8", errors="backslashreplace")
         self._jsonl: TextIO = open(out / RESULTS_JSONL, "w", encoding="utf-8", errors="backslashreplace")
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(FIELDS)
 
     def write(self, rows: list[Row]) -> None:
-        for row in rows:
+        """Append `rows` to both files, their text escaped by printable(), and flush."""
+        for row in map(printable_row, rows):
             self._csv.writerow([csv_cell(getattr(row, f)) for f in FIELDS])
             self._jsonl.write(json.dumps(asdict(row), allow_nan=False) + "\n")
         self._csv_file.flush()
@@ -198,6 +270,11 @@ def prepare_out(out: Path, *, overwrite: bool) -> None:
             if old.is_file() and not old.is_symlink():
                 old.unlink()
     overlays.mkdir(parents=True, exist_ok=True)
+
+
+def printable_row(row: Row) -> Row:
+    """`row` with its text fields passed through printable()."""
+    return Row(**{k: printable(v) if isinstance(v, str) else v for k, v in asdict(row).items()})
 
 
 # Predicting ---------------------------------------------------------------------------------------------
@@ -230,7 +307,8 @@ class PredictJob:
         counts = {"anomalous": 0, "normal": 0, "failed": 0}
         try:
             for start in range(0, len(self.images), size):
-                rows = self._chunk(detector, start, start + size, max_pixels, dict(view or {}))
+                rows = [printable_row(r) for r in self._chunk(detector, start, start + size, max_pixels,
+                                                              dict(view or {}))]
                 writer.write(rows)
                 for row in rows:
                     counts["failed" if row.error else row.verdict] += 1
@@ -245,6 +323,10 @@ class PredictJob:
         rows: dict[int, Row] = {}
         images: dict[int, np.ndarray] = {}
         for i in range(start, min(stop, len(self.images))):
+            problem = entry_problem(self.images[i])
+            if problem is not None:
+                rows[i] = Row(str(self.images[i]), error=f"unreadable: {problem}")
+                continue
             try:
                 images[i] = read_image(self.images[i], max_pixels=max_pixels)
             except (ImageReadError, OSError) as err:
@@ -271,13 +353,14 @@ class PredictJob:
 
 
 def _predict(detector: Detector, images: list[np.ndarray], view: dict) -> list[Result | str]:
-    """One batched inference; an image whose output is not finite, or that its ROI does not fit, gets
-    the error text instead of a Result (a ROI that misses one image is retried image by image)."""
+    """One batched inference; an image whose output is not finite, or that its ROI or tiles do not fit
+    (a ViewError, whose message names the ROI or tiles), gets the error text instead of a Result (a
+    batch with such an image is retried image by image)."""
     try:
         return list(detector.predict(images, color="RGB", **view))
-    except RoiError as err:
+    except ViewError as err:
         if len(images) == 1:
-            return [f"region of interest: {err}"]
+            return [str(err)]
         return [r for image in images for r in _predict(detector, [image], view)]
     except InferenceError as err:
         results = err.results or [None] * len(images)

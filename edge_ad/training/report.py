@@ -12,6 +12,9 @@ The scores and maps are the exported model's, computed as evaluation computes th
 (edge_ad.training.predict.predict on the test split through the run's geometry): the report agrees
 with metrics.json and eval.json. A category with no test images at all is shown on the run's
 validation split (normal images held out of training, the ones the threshold was calibrated on).
+
+Every text the page shows (file and folder names included) goes through printable(): a file name
+whose bytes are not valid UTF-8 shows each such byte as \\xNN, as results.csv of `edge-ad predict` does.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import cv2
 import numpy as np
 
 from edge_ad import metrics
-from edge_ad.metrics import f1_max, image_auroc
+from edge_ad.metrics import image_auroc
 from edge_ad.runtime.overlays import encode_png, render_panel, verdict_lines
+from edge_ad.runtime.predict_files import printable
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.calibrate import Calibration
@@ -144,7 +148,7 @@ def case_panel(scored: Scored, index: int, cal: Calibration) -> np.ndarray:
     truth = np.asarray(item["mask"]).astype(np.uint8) if "mask" in item else None
     score = float(scored.scores[index])
     normalized = float(np.clip((score - cal.image_norm[0]) / (cal.image_norm[1] - cal.image_norm[0]), 0, 1))
-    name = f"{scored.defects[index]}/{Path(scored.paths[index]).name}"
+    name = printable(f"{scored.defects[index]}/{Path(scored.paths[index]).name}")
     return render_panel(image, np.clip((raw - lo) / (hi - lo), 0, 1), (raw >= cal.pixel_threshold).astype(np.uint8),
                         verdict_lines(score > cal.image_threshold, score, normalized, cal.image_threshold, name),
                         truth=truth)
@@ -156,25 +160,25 @@ class _Page:
     """The report's HTML, built in order; each image is written as a PNG in `folder` and inlined."""
 
     def __init__(self, folder: Path, title: str) -> None:
-        self.folder, self.parts = folder, [f"<h1>{html.escape(title)}</h1>"]
+        self.folder, self.parts = folder, [f"<h1>{_escape(title)}</h1>"]
 
     def add(self, markup: str) -> None:
-        self.parts.append(markup)
+        self.parts.append(printable(markup))
 
     def text(self, tag: str, text: str) -> None:
-        self.parts.append(f"<{tag}>{html.escape(text)}</{tag}>")
+        self.parts.append(f"<{tag}>{_escape(text)}</{tag}>")
 
     def image(self, file_name: str, image: np.ndarray, caption: str) -> None:
         data = encode_png(image)
         (self.folder / file_name).write_bytes(data)
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         h, w = image.shape[:2]
-        self.parts.append(f'<figure><img src="{uri}" width="{w}" height="{h}" alt="{html.escape(caption)}">'
-                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.parts.append(f'<figure><img src="{uri}" width="{w}" height="{h}" alt="{_escape(caption)}">'
+                          f"<figcaption>{_escape(caption)}</figcaption></figure>")
 
     def table(self, header: list[str], rows: list[list[str]]) -> None:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        head = "".join(f"<th>{_escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in row) + "</tr>" for row in rows)
         self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
 
     def html(self) -> str:
@@ -184,6 +188,11 @@ class _Page:
                  "img{max-width:100%;height:auto}figcaption{font-size:90%;color:#555}.note{color:#a60}")
         return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>edge_ad report</title>"
                 f"<style>{style}</style></head><body>\n" + "\n".join(self.parts) + "\n</body></html>\n")
+
+
+def _escape(text: str) -> str:
+    """Text as HTML: non-UTF-8 bytes of file names as \\xNN (printable), then <, >, & and quotes escaped."""
+    return html.escape(printable(str(text)))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -209,10 +218,11 @@ def _section(page: _Page, scored: Scored, cal: Calibration, prefix: str) -> None
                  "threshold are shown.</p>")
     rows = [["threshold (image score)", f"{thr:.5g}"], ["good parts flagged (false-positive rate)", _fmt(point["false_positive_rate"])]]
     if scored.has_both:
-        f1, f1_thr = f1_max(scored.labels, scored.scores)
         rows += [["image AUROC", _fmt(image_auroc(scored.labels, scored.scores))],
                  ["recall at the threshold", _fmt(point["recall"])], ["precision", _fmt(point["precision"])],
-                 ["F1", _fmt(point["f1"])], ["F1-max (at its threshold)", f"{f1:.3f} (>= {f1_thr:.5g})"],
+                 ["F1", _fmt(point["f1"])],
+                 ["F1-max (at its threshold)",
+                  f"{_fmt(point['f1_max'])} (flagged above {point['f1_max_threshold']:.5g})"],
                  ["false positives / false negatives", f"{point['false_positives']} / {point['false_negatives']}"]]
     page.table(["", "value"], rows)
     page.image(f"{prefix}histogram.png", histogram_chart(good, bad, thr, good_name=f"good {scored.source}"),
