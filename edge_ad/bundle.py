@@ -42,10 +42,11 @@ from typing import Any, BinaryIO, Callable, Iterator, NoReturn
 
 import edge_ad
 
-__all__ = ["BundleError", "Bundle", "DiskFullError", "FORMAT_VERSION", "add_file", "check_calibration", "check_name",
-           "disk_full_error", "is_disk_full", "read_bundle", "replace_calibration", "validate_meta", "write_bundle"]
+__all__ = ["BundleError", "Bundle", "DiskFullError", "FORMAT_VERSION", "READ_FORMATS", "add_file", "bundle_format",
+           "check_calibration", "check_name", "check_writable", "disk_full_error", "is_disk_full", "read_bundle", "replace_calibration", "validate_meta", "write_bundle"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                # the newest bundle format this edge_ad writes
+READ_FORMATS = (1, 2)             # 1: geometry.fit is "crop" (absent); 2: geometry.fit may be "squash"/"letterbox"
 META = "meta.json"
 MAX_FILE_BYTES = 4 << 30          # no model file of ours comes near 4 GiB
 MAX_META_BYTES = 1 << 20
@@ -70,8 +71,9 @@ _RECALIBRATE = ("the run's calibration is broken: calibrate it again (retrain, o
                 "images) and re-export")
 _READ_ATTEMPTS = 3
 MAX_HISTORY = 100                 # calibration_history keeps the newest this many replaced calibrations
-CALIBRATION_METHODS = ("training", "mean+3std", "target-fpr", "target-recall", "f1-max")
-_OPERATING_KEYS = ("recall", "false_positive_rate", "precision", "f1", "f1_max", "f1_max_threshold")
+CALIBRATION_METHODS = ("training", "mean+3std", "target-fpr", "target-recall", "f1-max")   # this version's
+_METHOD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")          # any version's method names
+MAX_TILES_SIDE = 16               # calibration.view.tiles: rows and columns (edge_ad.regions' limit)
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)?")
 
 
@@ -247,7 +249,7 @@ def _seal(content: Path, meta: dict, out: Path) -> dict:
     for path in sorted(p for p in content.rglob("*") if p.is_file()):
         rel = path.relative_to(content).as_posix()
         files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-    full = {"format_version": FORMAT_VERSION, "edge_ad_version": edge_ad.__version__, **meta, "files": files}
+    full = {"format_version": bundle_format(meta), "edge_ad_version": edge_ad.__version__, **meta, "files": files}
     full = json.loads(json.dumps(full))              # validated as a reader will see it (tuples become lists)
     validate_meta(full, str(out))
     full = _strict_json(full)
@@ -255,6 +257,14 @@ def _seal(content: Path, meta: dict, out: Path) -> dict:
         f.write((json.dumps(full, indent=2, allow_nan=False) + "\n").encode("utf-8"))
     _fsync_tree(content)
     return full
+
+
+def bundle_format(meta: dict) -> int:
+    """The format a bundle is written in: 1 while a reader of format 1 reads it right (geometry "crop"),
+    2 when it needs a reader that knows geometry.fit: a runtime that reads only format 1 ignores `fit`
+    and would crop a letterboxed or squashed model's frames, so it must refuse the bundle instead."""
+    geometry = meta.get("geometry") if isinstance(meta.get("geometry"), dict) else {}
+    return 1 if geometry.get("fit", "crop") == "crop" else FORMAT_VERSION
 
 
 def _open_for_write(path: Path) -> BinaryIO:
@@ -542,17 +552,29 @@ def _read(path: Path, root: Path, verify: bool) -> Bundle:
     if meta_path.stat().st_size > MAX_META_BYTES:
         raise BundleError(f"{path / META} is over {MAX_META_BYTES} bytes; not a bundle of ours")
     meta = _parse_meta(meta_path, path)
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        made_by = meta.get("edge_ad_version", "an unknown version")
-        raise BundleError(f"{path} has bundle format {version!r} (made by edge_ad {str(made_by)[:40]!r}); this "
-                          f"edge_ad {edge_ad.__version__} reads format {FORMAT_VERSION}: re-export it with this version")
+    _check_format(meta, path)
     validate_meta(meta, where)
     bundle = Bundle(path, meta, root)
     for name, info in meta["files"].items():
         _check_file(bundle, name, info, verify)
     _refuse_unlisted(bundle)
     return bundle
+
+
+def _check_format(meta: dict, path: Path) -> None:
+    """Refuse a format this reader does not know: a newer one asks for a newer edge_ad (or a re-export
+    with this one), any other for a re-export."""
+    version = meta.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version in READ_FORMATS:
+        return
+    made_by = str(meta.get("edge_ad_version", "an unknown version"))[:40]
+    known = ", ".join(map(str, READ_FORMATS))
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > max(READ_FORMATS)
+    fix = (f"upgrade edge_ad on this device (pip install -U edge-ad), or re-export the bundle with edge_ad "
+           f"{edge_ad.__version__}" if newer else f"re-export it with edge_ad {edge_ad.__version__}")
+    shown = version if isinstance(version, int) else repr(str(version)[:20])
+    raise BundleError(f"{path} has bundle format {shown} (made by edge_ad {made_by!r}); this edge_ad "
+                      f"{edge_ad.__version__} reads formats {known}: {fix}")
 
 
 def _parse_meta(meta_path: Path, path: Path) -> dict:
@@ -744,9 +766,11 @@ def check_calibration(calibration: Any, where: str, doc: str = META, name: str =
 
 def _check_provenance(s: _Schema, cal: dict, name: str) -> None:
     """How a calibration was made, as `edge-ad calibrate` records it: method, target, image counts,
-    backend, when it was made (and replaced), and the operating point it reached on its images."""
+    backend, when it was made (and replaced), the view and the operating point it reached on its
+    images. The runtime decides nothing by these, so only their types are checked: a method or an
+    operating-point figure a later version adds must not make this runtime refuse the bundle."""
     if "method" in cal:
-        s.choice(cal["method"], f"{name}.method", CALIBRATION_METHODS)
+        s.text(cal["method"], f"{name}.method", _METHOD, "a method name such as " + ", ".join(CALIBRATION_METHODS))
     if cal.get("target") is not None:
         s.number(cal["target"], f"{name}.target", 0.0, 1.0)
     for key in ("good_images", "bad_images"):
@@ -760,11 +784,29 @@ def _check_provenance(s: _Schema, cal: dict, name: str) -> None:
     if "operating_point" in cal:
         point = s.obj(cal["operating_point"], f"{name}.operating_point")
         for key, value in point.items():
-            if key not in _OPERATING_KEYS:
-                s.fail(f"{name}.operating_point",
-                       f"has an unknown key {_show(key)} (known: {', '.join(_OPERATING_KEYS)})")
             if value is not None:
-                s.number(value, f"{name}.operating_point.{key}")
+                s.number(value, f"{name}.operating_point.{str(key)[:64]}")
+    if cal.get("view") is not None:
+        _check_view(s, s.obj(cal["view"], f"{name}.view"), f"{name}.view")
+
+
+def _check_view(s: _Schema, view: dict, name: str) -> None:
+    """calibration.view, the view the threshold was set with (edge_ad.runtime.calibrated_view): roi
+    [x, y, w, h] or null, tiles [rows, cols] or null, overlap a fraction or null."""
+    roi = view.get("roi")
+    if roi is not None:
+        if not isinstance(roi, list) or len(roi) != 4:
+            s.fail(f"{name}.roi", f"must be [x, y, w, h] or null, got {_show(roi)}")
+        for i, value in enumerate(roi):
+            s.integer(value, f"{name}.roi[{i}]", 1 if i >= 2 else 0, 1 << 20)
+    tiles = view.get("tiles")
+    if tiles is not None:
+        if not isinstance(tiles, list) or len(tiles) != 2:
+            s.fail(f"{name}.tiles", f"must be [rows, cols] or null, got {_show(tiles)}")
+        for i, value in enumerate(tiles):
+            s.integer(value, f"{name}.tiles[{i}]", 1, MAX_TILES_SIDE)
+    if view.get("overlap") is not None:
+        s.number(view["overlap"], f"{name}.overlap", 0.0, 1.0)
 
 
 def _check_history(s: _Schema, history: Any) -> None:
@@ -1055,7 +1097,33 @@ def _write_meta(root: Path, meta: dict, where: str) -> dict:
 # ------------------------------------------------------------------------------ replacing calibration
 
 
-def replace_calibration(path: str | Path, calibration: dict, *, replaced_at: str) -> Bundle:
+def check_writable(path: str | Path) -> Bundle:
+    """Refuse, before any image is scored, a bundle whose calibration cannot be rewritten: a meta.json
+    without write permission (someone protected it: calibrate refuses rather than replace it with a
+    writable one) or a version folder (or bundle folder, for the lock) that cannot be written. Returns
+    the bundle as read (checksums not verified)."""
+    path = Path(path)
+    bundle = read_bundle(path, verify=False)
+    _refuse_unwritable(bundle)
+    return bundle
+
+
+def _refuse_unwritable(bundle: Bundle) -> None:
+    fix = "its calibration is unchanged: make it writable, or calibrate a copy (cp -a BUNDLE COPY), or use --dry-run"
+    meta = bundle.root / META
+    if not meta.stat().st_mode & 0o222:
+        raise BundleError(f"{Path(bundle.path) / META} is write-protected (mode {oct(meta.stat().st_mode & 0o777)}); "
+                          f"{fix.replace('make it writable', 'make it writable (chmod u+w)')}")
+    lock = Path(bundle.path) / LOCK_FILE
+    for folder, why in ((bundle.root, "meta.json is rewritten there"), (Path(bundle.path), "its lock is taken there")):
+        if folder == Path(bundle.path) and os.path.exists(lock) and os.access(lock, os.W_OK):
+            continue
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BundleError(f"cannot write into {folder} ({why}: read-only or permission denied); {fix}")
+
+
+def replace_calibration(path: str | Path, calibration: dict, *, replaced_at: str,
+                        scored_files: dict | None = None) -> Bundle:
     """Make `calibration` the bundle's and append the one it replaces (stamped `replaced_at`; method
     "training" when it does not say) to meta.json's calibration_history, the newest MAX_HISTORY kept.
 
@@ -1063,13 +1131,20 @@ def replace_calibration(path: str | Path, calibration: dict, *, replaced_at: str
     write): under the export lock (no export or other calibration meanwhile) and the lock add_file
     takes, the new meta.json is validated, written to a temporary file and renamed over the old one
     in the version being read, so a crash at any moment leaves the old calibration or the new one,
-    never a broken bundle. Raises BundleError for a bundle that cannot be used or written."""
+    never a broken bundle. `scored_files`: meta["files"] of the bundle the calibration was scored on;
+    when the current version's files differ (an export replaced the model meanwhile), the threshold
+    belongs to the old model and is refused. Raises BundleError for a bundle that cannot be used or
+    written."""
     path = Path(path)
     read_bundle(path)                                       # refuse a broken bundle before taking locks
     try:
         with _export_lock(path, busy=f"another export or calibration is writing {path} right now; wait for it to "
                                      "finish and run the command again"):
             bundle = read_bundle(path)                      # the version current now, checksums verified
+            if scored_files is not None and bundle.meta["files"] != scored_files:
+                raise BundleError(f"the bundle {path} was re-exported while calibrating (its model files are not the "
+                                  "ones scored); its calibration is unchanged: run calibrate again")
+            _refuse_unwritable(bundle)
             with open(bundle.root / LOCK, "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 for stale in bundle.root.glob(f".{META}.*.partial"):      # a killed writer's; we hold the lock
@@ -1099,14 +1174,20 @@ def _link_new_top(bundle: Bundle, name: str) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` through a fsynced temporary renamed over it. The file keeps the mode
+    of the one it replaces (a protected file stays protected); a new file gets 0666 less the umask."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
         os.close(fd)
         with _open_for_write(Path(tmp)) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)                           # after the write: a read-only mode would refuse it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

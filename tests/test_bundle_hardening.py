@@ -549,3 +549,82 @@ def test_schema_limits_are_inclusive(bundle, field, change, at, past) -> None:
     edit_meta(bundle, lambda m: change(m, past))
     with pytest.raises(BundleError, match=re.escape(field)):
         read_bundle(bundle)
+
+
+# ----------------------------------------------------- format version, calibration writes, lenient history
+
+
+def test_a_bundle_that_is_not_cropped_is_format_2_so_a_format_1_reader_refuses_it(tmp_path) -> None:
+    """A runtime that reads only format 1 ignores geometry.fit and would crop a letterboxed model's
+    frames: such bundles are format 2 (that runtime refuses them), cropped ones stay format 1."""
+    side = [SIDE, SIDE]
+    cropped = read_bundle(toy(tmp_path / "crop")).meta
+    letterboxed = read_bundle(toy(tmp_path / "lb", geometry={"resize": side, "crop": side, "fit": "letterbox"})).meta
+    squashed = read_bundle(toy(tmp_path / "sq", geometry={"resize": side, "crop": side, "fit": "squash"})).meta
+    assert cropped["format_version"] == 1
+    assert letterboxed["format_version"] == 2 and squashed["format_version"] == 2
+
+
+def test_a_format_from_a_newer_edge_ad_asks_for_an_upgrade(bundle) -> None:
+    edit_meta(bundle, lambda m: m.__setitem__("format_version", 3))
+    with pytest.raises(BundleError, match=r"format 3 .*reads formats 1, 2: upgrade edge_ad"):
+        read_bundle(bundle)
+    edit_meta(bundle, lambda m: m.__setitem__("format_version", True))
+    with pytest.raises(BundleError, match="re-export it"):
+        read_bundle(bundle)
+
+
+def _new_calibration(threshold: float) -> dict:
+    return {**toy_meta()["calibration"], "image_threshold": threshold, "method": "mean+3std"}
+
+
+def test_a_calibration_scored_on_a_model_an_export_replaced_is_refused(bundle) -> None:
+    from edge_ad.bundle import replace_calibration
+
+    scored = read_bundle(bundle).meta["files"]
+    toy(bundle, scale=7.0, overwrite=True)                       # an export lands while calibrate scores
+    with pytest.raises(BundleError, match="re-exported while calibrating.*run calibrate again"):
+        replace_calibration(bundle, _new_calibration(50.0), replaced_at="2025-01-01T00:00:00+00:00",
+                            scored_files=scored)
+    assert read_bundle(bundle).meta["calibration"]["image_threshold"] == 100.0
+    now = read_bundle(bundle).meta["files"]
+    replace_calibration(bundle, _new_calibration(50.0), replaced_at="2025-01-01T00:00:00+00:00", scored_files=now)
+    assert read_bundle(bundle).meta["calibration"]["image_threshold"] == 50.0
+
+
+def test_a_write_protected_meta_json_is_refused_not_replaced(bundle) -> None:
+    from edge_ad.bundle import check_writable, replace_calibration
+
+    meta = Path(os.path.realpath(bundle / "meta.json"))
+    meta.chmod(0o444)
+    before = meta.read_bytes()
+    for attempt in (lambda: check_writable(bundle),
+                    lambda: replace_calibration(bundle, _new_calibration(50.0), replaced_at="2025-01-01T00:00:00Z")):
+        with pytest.raises(BundleError, match="write-protected.*chmod u\\+w.*calibrate a copy"):
+            attempt()
+    assert meta.read_bytes() == before and meta.stat().st_mode & 0o777 == 0o444
+
+
+def test_rewriting_meta_json_keeps_its_mode(bundle) -> None:
+    from edge_ad.bundle import add_file
+
+    meta = Path(os.path.realpath(bundle / "meta.json"))
+    meta.chmod(0o640)
+    add_file(read_bundle(bundle), "engines/toy.engine", b"engine", lambda m: None)
+    assert Path(os.path.realpath(bundle / "meta.json")).stat().st_mode & 0o777 == 0o640
+
+
+def test_history_and_provenance_a_later_version_adds_are_read_by_type_only(bundle) -> None:
+    from edge_ad.bundle import validate_meta
+
+    meta = read_bundle(bundle).meta
+    later = {**meta["calibration"], "method": "conformal-v2", "operating_point": {"f1": 0.9, "mcc": 0.7, "auroc": None},
+             "view": {"roi": [0, 0, 8, 8], "tiles": [2, 2], "overlap": 0.1}}
+    validate_meta({**meta, "calibration": later, "calibration_history": [later]}, str(bundle))
+    for broken, field in (({"operating_point": {"mcc": "high"}}, r"\.operating_point\.mcc must be a number"),
+                          ({"method": "a b"}, r"\.method must be a method name"),
+                          ({"view": {"tiles": [0, 2]}}, r"\.view\.tiles\[0\] must be an integer"),
+                          ({"view": {"roi": [1, 2, 3]}}, r"\.view\.roi must be \[x, y, w, h\]")):
+        history = [{**meta["calibration"], **broken}]
+        with pytest.raises(BundleError, match=r"calibration_history\[0\]" + field):
+            validate_meta({**meta, "calibration_history": history}, str(bundle))

@@ -120,6 +120,7 @@ def test_dry_run_writes_nothing(bundle, line_images, capsys) -> None:
     (["--target-recall", "0.9"], "--target-recall needs defective images (--bad DIR)"),
     (["--f1"], "--f1 needs defective images"),
     (["--target-fpr", "1"], "--target-fpr must be a number at least 0 and below 1"),
+    (["--target-fpr", "1e-320"], "--target-fpr 1e-320 cannot be measured"),
     (["--bad", "{test}"], "under both --good and --bad"),
     (["--bad", "{missing}"], "--bad folder"),
     (["--bad", "{empty}"], "holds no image"),
@@ -169,5 +170,65 @@ def test_the_history_is_checked_and_older_bundles_need_none(bundle) -> None:
         validate_meta(broken, str(bundle))
     with pytest.raises(BundleError, match="calibration_history must be a list"):
         validate_meta({**meta, "calibration_history": {"a": 1}}, str(bundle))
-    with pytest.raises(BundleError, match="calibration.method must be one of"):
-        validate_meta({**meta, "calibration": {**meta["calibration"], "method": "guess"}}, str(bundle))
+    validate_meta({**meta, "calibration": {**meta["calibration"], "method": "guess"}}, str(bundle))   # a later one's
+    with pytest.raises(BundleError, match="calibration.method must be a method name"):
+        validate_meta({**meta, "calibration": {**meta["calibration"], "method": ["guess"]}}, str(bundle))
+
+
+def test_calibrate_refuses_to_write_a_model_an_export_replaced_while_it_scored(bundle, line_images) -> None:
+    from edge_ad.bundle import BundleError, write_bundle
+    from edge_ad.runtime.recalibrate import recalibrate
+
+    def reexport(line: str) -> None:
+        if line.startswith("scoring"):                   # another shell exports a new model meanwhile
+            old = read_bundle(bundle).meta
+            meta = {k: v for k, v in old.items() if k not in ("files", "format_version", "edge_ad_version")}
+
+            def fill(folder: Path) -> None:
+                for name in old["files"]:
+                    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(bundle / name, folder / name)
+                (folder / "parity.json").write_text('{"new": "model"}')
+
+            write_bundle(bundle, meta, fill, overwrite=True)
+
+    with pytest.raises(BundleError, match="re-exported while calibrating.*run calibrate again"):
+        recalibrate(bundle, line_images["good"], method="target-fpr", target=0.1, backend="onnxruntime-cpu",
+                    echo=reexport)
+    meta = read_bundle(bundle).meta
+    assert "method" not in meta["calibration"] and "calibration_history" not in meta
+
+
+def test_a_read_only_bundle_is_refused_before_any_image_is_scored(bundle, line_images) -> None:
+    from edge_ad.bundle import BundleError
+    from edge_ad.runtime.recalibrate import recalibrate
+
+    meta_file = Path(os.path.realpath(bundle / "meta.json"))
+    meta_file.chmod(0o444)
+    lines: list[str] = []
+    with pytest.raises(BundleError, match="write-protected"):
+        recalibrate(bundle, line_images["good"], backend="onnxruntime-cpu", echo=lines.append)
+    assert lines == [] and meta_file.stat().st_mode & 0o777 == 0o444
+    dry = recalibrate(bundle, line_images["good"], backend="onnxruntime-cpu", write=False)
+    assert not dry.written
+
+
+def test_the_view_is_recorded_and_another_view_is_warned_about_once(bundle, line_images, caplog) -> None:
+    from edge_ad.runtime.recalibrate import recalibrate
+
+    images = sorted(line_images["good"].glob("*.png"))
+    with edge_ad.load(bundle, backend="onnxruntime-cpu") as det:       # an exported bundle: view unknown, no warning
+        det.scores(images[:1], tiles="2x2")
+    assert "differs from the one the threshold was calibrated" not in caplog.text
+    recalibrate(bundle, line_images["good"], backend="onnxruntime-cpu", tiles="1x2", overlap=0.2)
+    view = read_bundle(bundle).meta["calibration"]["view"]
+    assert view == {"roi": None, "tiles": [1, 2], "overlap": 0.2}
+    caplog.clear()
+    with edge_ad.load(bundle, backend="onnxruntime-cpu") as det:
+        det.scores(images[:1], tiles=(1, 2), overlap=0.2)              # the calibrated view: silent
+        assert "calibrated" not in caplog.text
+        det.scores(images[:2])                                         # untiled: one warning ...
+        det.predict(str(images[0]), roi="0,0,40,40")                   # ... not one per call
+    warnings = [r for r in caplog.records if "differs from the one the threshold was calibrated" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "the whole frame, untiled" in warnings[0].getMessage() and "tiles 1x2 (overlap 0.2)" in warnings[0].getMessage()

@@ -74,18 +74,31 @@ def test_operating_point_refuses_bad_input() -> None:
 # ------------------------------------------------------------------------------------------ the rules
 
 
-def test_target_fpr_is_the_smallest_threshold_that_meets_it() -> None:
+def test_target_fpr_meets_it_with_a_margin_half_way_to_the_next_score() -> None:
     good = np.arange(100.0)[::-1]
     choice = choose("target-fpr", good, target=0.05)
-    assert choice.threshold == 94.0 and not choice.warnings                # flags 95..99: 5 of 100
+    assert choice.threshold == 94.5 and not choice.warnings                # flags 95..99: 5 of 100, margin 0.5
     assert (good > choice.threshold).mean() <= 0.05 < (good > choice.threshold - 1).mean()
     exact = choose("target-fpr", good, target=0.0)
-    assert exact.threshold == 99.0 and not exact.warnings                  # FPR 0 needs no count
+    assert exact.threshold == 99.0 and not exact.warnings                  # FPR 0 needs no count; nothing above
+    with_bad = choose("target-fpr", good, np.array([94.2, 120.0]), target=0.05)
+    assert with_bad.threshold == pytest.approx(94.1)                      # the next score of any image: 94.2
+    ties = choose("target-fpr", np.array([5.0, 3.0, 3.0, 1.0]), target=0.25)
+    assert ties.threshold == 4.0                                          # flags only 5: 1 of 4
+
+
+def test_an_absurd_target_fpr_is_refused_up_front_and_the_count_never_overflows() -> None:
+    for tiny in (1e-320, 1e-12):
+        with pytest.raises(ValueError, match="cannot be measured.*give 0"):
+            check_request("target-fpr", tiny, False)
+    check_request("target-fpr", 1e-9, False)                               # a billion images: allowed
+    assert needed_good_images(1e-320) == math.inf and needed_good_images(5e-324) == math.inf
+    assert needed_good_images(0.0) == 0 and needed_good_images(0.3) == 4
 
 
 def test_target_fpr_warns_with_how_many_good_images_it_needs() -> None:
     choice = choose("target-fpr", np.linspace(0, 1, 20), target=0.01)
-    assert choice.threshold == 1.0
+    assert choice.threshold == 1.0                                         # the top: nothing above it
     assert needed_good_images(0.01) == 100 and "at least 100" in choice.warnings[0]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from edge_ad.bundle import Bundle, BundleError
 from edge_ad.imaging import read_image, to_rgb_uint8
 from edge_ad.runtime.backend import Backend
+from edge_ad.runtime.calibrated_view import warn_if_other_view
 from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.runtime.result import InferenceError, Result
@@ -47,6 +48,7 @@ class Detector:
         self.heatmap_spec: HeatmapSpec = HeatmapSpec.from_meta(meta["heatmap"])
         self.calibrated_threshold, self.calibrated_norm, self.pixel_threshold, self.pixel_norm = _calibration(bundle)
         self.set_threshold()
+        self.view_warning = True           # log once when a view differs from the calibration's (calibrate: off)
         if not isinstance(backend, Backend):
             raise TypeError(f"a Detector's backend must implement edge_ad.runtime.backend.Backend (name, max_batch, "
                             f"device_heatmap, infer, infer_heatmap, close; subclass BaseBackend for the defaults), "
@@ -160,9 +162,13 @@ class Detector:
         """How the model looks at images of these sizes (H, W): their checked ROIs and the boxes cut
         from each (see edge_ad.runtime.tiling). Raises RoiError for a ROI that does not fit."""
         rois = rois_for(roi, len(sizes))
-        return [plan_view(size, r, tiles, overlap, where=f"image {i}: " if len(sizes) > 1 else "",
-                          geometry=self.geometry)
-                for i, (size, r) in enumerate(zip(sizes, rois))]
+        views = [plan_view(size, r, tiles, overlap, where=f"image {i}: " if len(sizes) > 1 else "",
+                           geometry=self.geometry)
+                 for i, (size, r) in enumerate(zip(sizes, rois))]
+        if getattr(self, "view_warning", False) and warn_if_other_view(self.bundle.meta["calibration"], roi, tiles,
+                                                                        overlap):
+            self.view_warning = False                   # one warning per Detector, not one per frame
+        return views
 
     def _inputs(self, rgb: list[np.ndarray], views: list[View]) -> np.ndarray:
         """The model inputs of every box of every image, in order, as one uint8 batch."""

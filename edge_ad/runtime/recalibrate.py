@@ -11,7 +11,12 @@ the heat map and the mask, not the verdict, and their rule, a maximum over every
 only move up with a larger line set of images (and the maps of every image would have to be kept,
 where the verdict needs one score per image). Retrain to change them.
 
-Calibrate with the same --roi/--tiles as the stream will use: they change the scores.
+Calibrate with the same --roi/--tiles as the stream will use: they change the scores. The view is
+recorded in the calibration (`view`), and a Detector warns once when it is used with another.
+
+The calibration is written only into the model it was scored with: an export that replaced the model
+meanwhile makes the write refuse (run calibrate again). A bundle that cannot be written is refused
+before any image is scored (unless it is a dry run).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from edge_ad.bundle import NAME, read_bundle, replace_calibration
+from edge_ad.bundle import NAME, check_writable, read_bundle, replace_calibration
+from edge_ad.runtime.calibrated_view import view_record
 from edge_ad.imaging import IMAGE_SUFFIXES
 from edge_ad.metrics import operating_point
 from edge_ad.runtime.threshold_rules import Choice, check_request, choose
@@ -96,7 +102,11 @@ def recalibrate(bundle: str | Path, good: str | Path, bad: str | Path | None = N
     good_files = image_files(good, "--good")
     bad_files = image_files(bad, "--bad") if bad is not None else []
     _refuse_shared(good_files, bad_files)
+    view = view_record(roi, tiles, overlap)
+    if write:
+        check_writable(bundle)
     with edge_ad.load(bundle, backend=backend) as detector:
+        detector.view_warning = False                        # this calibration sets the view
         echo(f"scoring {len(good_files)} good images" + (f" and {len(bad_files)} defective ones" if bad_files else "")
              + f" on {detector.backend.name}")
         views = {"batch": batch, "roi": roi, "tiles": tiles, "overlap": overlap}
@@ -104,10 +114,11 @@ def recalibrate(bundle: str | Path, good: str | Path, bad: str | Path | None = N
         bad_scores = score_files(detector, bad_files, **views) if bad_files else np.zeros(0)
         previous, backend_name = detector.calibrated_threshold, detector.backend.name
         old = dict(detector.bundle.meta["calibration"])
+        scored_files = detector.bundle.meta["files"]         # the model these scores belong to
     choice = choose(method, good_scores, bad_scores if bad_files else None, target)
-    calibration = _calibration(choice, old, good_scores, bad_scores, backend_name)
+    calibration = {**_calibration(choice, old, good_scores, bad_scores, backend_name), "view": view}
     if write:
-        replace_calibration(bundle, calibration, replaced_at=calibration["calibrated_at"])
+        replace_calibration(bundle, calibration, replaced_at=calibration["calibrated_at"], scored_files=scored_files)
         read_bundle(bundle)                                  # what was written reads back, checksums verified
     return Outcome(choice, previous, good_scores, bad_scores, calibration, write)
 

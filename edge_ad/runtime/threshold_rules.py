@@ -4,9 +4,12 @@ Every rule uses the runtime's decision, a part is flagged when `score > threshol
 
 - "mean+3std" (only good images, no target): mean + 3 standard deviations of the good scores, the rule
   training calibrates with (edge_ad.training.calibrate), with the same floor on the deviation.
-- "target-fpr" F (0 <= F < 1): the smallest threshold whose false-positive rate on the good images is
-  at most F: the (k+1)-th highest good score, k = floor(F * good). Measuring a rate F needs at least
-  ceil(1 / F) good images; with fewer the threshold is the highest good score and a warning says so.
+- "target-fpr" F (F = 0, or MIN_FPR <= F < 1): a threshold whose false-positive rate on the good images
+  is at most F, flagging as many as that allows: half-way between the (k+1)-th highest good score,
+  k = floor(F * good), and the next higher score of any image (the margin threshold_below gives the
+  recall rule, so a slightly different backend does not flip a part). Measuring a rate F needs at
+  least ceil(1 / F) good images; with fewer no good image is flagged (the threshold is at or above
+  the highest good score) and a warning says so. A rate below MIN_FPR would need over a billion good images and is refused.
 - "target-recall" R (0 < R <= 1): the highest threshold that still flags R of the defective images:
   half-way between the ceil(R * bad)-th highest defective score and the next lower score of any image.
 - "f1-max": the threshold of the best F1 on good + defective images (metrics.operating_point).
@@ -28,6 +31,7 @@ from edge_ad.metrics import operating_point, threshold_below
 
 METHODS = ("mean+3std", "target-fpr", "target-recall", "f1-max")
 MIN_GOOD = 2                       # a standard deviation needs two scores (training's minimum too)
+MIN_FPR = 1e-9                     # a smaller non-zero target needs over a billion good images to measure
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def choose(method: str, good: np.ndarray, bad: np.ndarray | None = None, target:
     if method == "mean+3std":
         threshold = float(good.mean() + 3.0 * _spread(good))
     elif method == "target-fpr":
-        threshold = _for_fpr(good, float(target), warnings)
+        threshold = _for_fpr(good, float(target), warnings, bad)
     elif method == "target-recall":
         threshold = _for_recall(good, bad, float(target), warnings)
     else:
@@ -68,26 +72,44 @@ def check_request(method: str, target: float | None, has_bad: bool) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; one of {', '.join(METHODS)}")
     if method == "target-fpr":
-        _target(target, 0.0, 1.0, method, high_open=True)
+        fpr = _target(target, 0.0, 1.0, method, high_open=True)
+        if 0.0 < fpr < MIN_FPR:
+            raise ValueError(f"--target-fpr {fpr!r} cannot be measured: it needs at least 1 / F good images, over a "
+                             f"billion; give 0 (no good image flagged) or a rate of at least {MIN_FPR:g}")
     elif method == "target-recall":
         _target(target, 0.0, 1.0, method, low_open=True)
     if method in ("target-recall", "f1-max") and not has_bad:
         _needs(None, method)
 
 
-def needed_good_images(fpr: float) -> int:
-    """Good images needed to measure a false-positive rate of `fpr` at all (one false positive)."""
-    return math.ceil(1.0 / fpr - 1e-9) if fpr > 0 else 0
+def needed_good_images(fpr: float) -> float:
+    """Good images needed to measure a false-positive rate of `fpr` at all (one false positive): a whole
+    number, or math.inf for a rate so small that 1 / fpr overflows; 0 for fpr <= 0."""
+    if not fpr > 0:
+        return 0
+    try:
+        inverse = 1.0 / fpr
+    except OverflowError:
+        return math.inf
+    return math.ceil(inverse - 1e-9) if math.isfinite(inverse) else math.inf
 
 
-def _for_fpr(good: np.ndarray, fpr: float, warnings: list[str]) -> float:
+def _threshold_above(value: float, scores: np.ndarray) -> float:
+    """A threshold t such that `score > t` flags exactly the scores above `value`: half-way between
+    `value` and the lowest score above it, or `value` itself when none is above (nothing to flag)."""
+    higher = scores[scores > value]
+    return float((value + higher.min()) / 2.0) if higher.size else float(value)
+
+
+def _for_fpr(good: np.ndarray, fpr: float, warnings: list[str], bad: np.ndarray | None = None) -> float:
     allowed = int(math.floor(fpr * len(good) + 1e-9))          # good images that may score above
     if fpr > 0 and allowed == 0:
         warnings.append(f"a false-positive rate of {fpr:g} cannot be measured on {len(good)} good images: it needs at "
                         f"least {needed_good_images(fpr)} (one false positive in {needed_good_images(fpr)}); the "
-                        "threshold is the highest good score (no good image flagged here), add good images for "
+                        "threshold is above every good score (no good image flagged here), add good images for "
                         "a measured rate")
-    return float(np.sort(good)[::-1][allowed])
+    at = float(np.sort(good)[::-1][allowed])                 # the (k+1)-th highest good score
+    return _threshold_above(at, np.concatenate([good, bad]) if bad is not None else good)
 
 
 def _for_recall(good: np.ndarray, bad: np.ndarray, recall: float, warnings: list[str]) -> float:
