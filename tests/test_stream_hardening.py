@@ -242,7 +242,7 @@ class _NaNOnWhite:
 def test_nan_model_output_is_an_inference_error_and_the_other_sources_go_on(tiny_bundle, tmp_path, caplog) -> None:
     det = edge_ad.load(tiny_bundle, backend="onnxruntime-cpu")
     det.backend = _NaNOnWhite(det.backend)
-    white = np.full((120, 160, 3), 255, np.uint8)
+    white = np.full((120, 120, 3), 255, np.uint8)      # square: the letterbox fit adds no black padding
     bad = [white if k % 2 else frame for k, frame in enumerate(_noise(8, seed=5))]
     events = tmp_path / "events.jsonl"
     with caplog.at_level(logging.ERROR):
