@@ -408,6 +408,17 @@ def tiles_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(_shown(str(err))) from None
 
 
+def camera_arg(text: str) -> str:
+    """argparse type of --camera: KEY=VALUE,... camera settings (checked now, parsed again per source)."""
+    from edge_ad.stream.camera_settings import CameraSettings
+
+    try:
+        CameraSettings.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(_shown(str(err))) from None
+    return text
+
+
 def stream_rois(rois: list | None, sources: int):
     """The --roi values -> Stream's `roi`: none, one for every source, or one per --source in order."""
     if not rois:
@@ -424,17 +435,24 @@ def _stream(args: argparse.Namespace) -> int:
     import edge_ad
     from edge_ad.stream import Reconnect, stop_on_signals
 
+    if args.config is not None:
+        return _station(args)
+    if args.bundle is None or not args.source:
+        raise ValueError("stream needs a BUNDLE and at least one --source (or a station file: --config STATION.toml)")
     if args.video:                        # an unwritable or existing --video fails now, not after the first anomaly
         check_video_path(args.video, args.fps, overwrite=args.overwrite_video)
     if args.retry_max < args.retry_initial:
         raise ValueError(f"--retry-max {args.retry_max:g} is below --retry-initial {args.retry_initial:g}")
+    policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
+    sources = sources_with_settings(args, policy)      # a bad --camera count or decode fails before loading
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
                             triton_url=args.triton_url, batch=_engine_profile(args), threshold=args.threshold,
                             sensitivity=args.sensitivity)
-    policy = Reconnect(initial=args.retry_initial, cap=args.retry_max, budget=args.retry_budget)
+    if isinstance(getattr(detector.backend, "reconnect", None), Reconnect):
+        detector.backend.reconnect = policy       # a remote backend (Triton) is retried like the cameras
     options = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
     options.update(roi=stream_rois(args.roi, len(args.source)), tiles=args.tiles, overlap=args.overlap)
-    stream = detector.stream(args.source, sinks=[], batch=args.batch, max_frames=args.max_frames,
+    stream = detector.stream(sources, sinks=[], batch=args.batch, max_frames=args.max_frames,
                              duration=args.duration, idle_timeout=args.idle_timeout, reconnect=policy,
                              realtime=args.realtime, loop=args.loop, **options)
     # The sources exist (not started), so their names are known: an existing per-source video is refused
@@ -467,6 +485,9 @@ def _stream(args: argparse.Namespace) -> int:
     from edge_ad.logs import redact_value
 
     summary = redact_value(stream.summary())     # names and errors are redacted already; this is the backstop
+    link = getattr(detector.backend, "link_summary", None)
+    if callable(link):                            # a remote backend's connection: state, reconnects, gaps
+        summary["backend"] = redact_value(link())
     print(json.dumps(summary, indent=2, default=str))
     for name, s in summary["sources"].items():
         print(f"{name}: {s['state']}, {s['frames']} frames, {s['fps']:.1f} FPS, latency p50 {s['latency_ms_p50']:.1f} ms "
@@ -475,9 +496,75 @@ def _stream(args: argparse.Namespace) -> int:
     for report in (sink.summary() for sink in sinks if callable(getattr(sink, "summary", None))):
         print(f"{report['kind']} {report['sink']}: {report['delivered']} of {report['accepted']} delivered, "
               f"{report['dropped']} dropped (queue full), {report['refused']} refused, {report['unsent']} unsent")
+    if "backend" in summary:
+        b = summary["backend"]
+        print(f"{b['backend']} {b['url']} model {b['model']}: {b['state']}, {b['reconnects']} reconnects, "
+              f"{b['gap_seconds']:.1f} s without the server, {b['retried_requests']} requests sent again")
     print(f"{summary['frames']} frames, {summary['fps']:.1f} FPS, latency p50 {summary['latency_ms_p50']:.1f} ms, "
           f"p99 {summary['latency_ms_p99']:.1f} ms, {summary['corrupt']} corrupt, {summary['dropped']} dropped")
     reason = stream_failure(summary) or (str(fatal) if fatal else None)
+    if reason:
+        print(f"edge-ad stream: failed: {_one_line(ValueError(reason))} (exit status {EXIT_STREAM_FAILED})",
+              file=sys.stderr)
+        return EXIT_STREAM_FAILED
+    return 0
+
+
+def sources_with_settings(args: argparse.Namespace, policy) -> list:
+    """The --source values, each with its --camera settings (and --bit-depth, --decode) built into a
+    Source; a source with none stays as typed, opened by the stream as before."""
+    from edge_ad.stream.camera_settings import per_source_settings
+    from edge_ad.stream.sources import open_source
+
+    settings = per_source_settings(args.camera, len(args.source), bit_depth=args.bit_depth, decode=args.decode)
+    return [spec if one is None else open_source(spec, reconnect=policy, realtime=args.realtime, loop=args.loop,
+                                                 settings=one) for spec, one in zip(args.source, settings)]
+
+
+# Flags a station file owns, with their defaults: refused beside --config (the file says them per camera).
+_STATION_OWNS = {"bundle": None, "source": None, "roi": None, "tiles": None, "overlap": 0.1, "threshold": None,
+                 "sensitivity": None, "events": None, "events_frames": "anomalous", "fsync": False, "snapshots": None,
+                 "snapshot_budget_mb": 500.0, "video": None, "overwrite_video": False, "fps": 15.0, "mqtt": None,
+                 "mqtt_topic": None, "webhook": None, "metrics_port": None, "metrics_host": "127.0.0.1",
+                 "retry_initial": 0.5, "retry_max": 30.0, "retry_budget": None, "camera": None, "bit_depth": None,
+                 "decode": None, "batch": None, "triton_url": None, "steps": None, "noise_seed": None, "show": False}
+
+
+def _station(args: argparse.Namespace) -> int:
+    """`edge-ad stream --config STATION.toml` (edge_ad/stream/station.py): exit status as `stream`'s.
+    --backend, --duration, --max-frames, --idle-timeout, --realtime, --loop, --max-pixels override the file."""
+    import dataclasses
+
+    from edge_ad.logs import redact_value
+    from edge_ad.stream.station import Station
+    from edge_ad.stream.station_file import load_station_file
+
+    given = [dest for dest, default in _STATION_OWNS.items() if getattr(args, dest, default) != default]
+    if given:
+        flags = ", ".join("BUNDLE" if d == "bundle" else "--" + d.replace("_", "-") for d in given)
+        raise ValueError(f"{flags}: with --config the station file says this (per camera, or in [outputs] or "
+                         "[station]); give it there")
+    config = load_station_file(args.config)
+    overrides = {k: getattr(args, k) for k in ("duration", "max_frames", "idle_timeout", "max_pixels")
+                 if getattr(args, k) is not None}
+    overrides.update({k: True for k in ("realtime", "loop") if getattr(args, k)})
+    if args.backend != "auto":
+        overrides["backend"] = args.backend
+
+    def echo(item) -> None:
+        if item.result.is_anomalous:
+            print(f"{item.frame.source} frame {item.frame.index}: ANOMALY score {item.result.normalized_score:.2f}",
+                  flush=True)
+
+    station = Station(dataclasses.replace(config, **overrides), on_item=echo if args.verbose else None).open()
+    summary = redact_value(station.run())
+    print(json.dumps(summary, indent=2, default=str))
+    for name, s in summary["sources"].items():
+        print(f"{name}: {s['state']}, {s['frames']} frames, {s['fps']:.1f} FPS, {s['anomalous']} anomalous, "
+              f"{s['dropped']} dropped, {s['corrupt']} corrupt, {s['reconnects']} reconnects")
+    print(f"station {summary['station']}: {summary['frames']} frames from {len(summary['sources'])} cameras on "
+          f"{len(summary['groups'])} bundle(s), {summary['fps']:.1f} FPS, latency p99 {summary['latency_ms_p99']:.1f} ms")
+    reason = stream_failure(summary)
     if reason:
         print(f"edge-ad stream: failed: {_one_line(ValueError(reason))} (exit status {EXIT_STREAM_FAILED})",
               file=sys.stderr)
@@ -628,9 +715,22 @@ def _info(args: argparse.Namespace) -> int:
 def _stream_arguments(stream: argparse.ArgumentParser) -> None:
     from edge_ad.runtime import BACKENDS
 
-    stream.add_argument("bundle")
-    stream.add_argument("--source", required=True, action="append", type=source,
+    stream.add_argument("bundle", nargs="?", help="the bundle (not with --config)")
+    stream.add_argument("--source", action="append", type=source, default=None,
                         help="camera index (0-255), video file, image folder or rtsp/http URL; repeat for several sources")
+    stream.add_argument("--config", metavar="STATION.toml", type=nonempty, default=None,
+                        help="a station file instead of BUNDLE and --source: named cameras, each with its bundle, "
+                             "threshold, ROI, tiles and settings, and the outputs (docs/cameras.md)")
+    stream.add_argument("--camera", action="append", type=camera_arg, default=None, metavar="KEY=VALUE,...",
+                        help="what to ask of the camera: width, height, fps, exposure (a number or auto), bit_depth, "
+                             "decode, codec, e.g. width=1920,height=1080,fps=30; checked after opening (what it "
+                             "refuses is logged); once for every source, or once per --source in order ('-': none)")
+    stream.add_argument("--bit-depth", type=int_range(8, 16), default=None,
+                        help="real depth of 16-bit frames (12 for a 12-bit camera in 16-bit words; default: what a "
+                             "file declares, else 16)")
+    stream.add_argument("--decode", choices=("software", "auto", "hardware"), default=None,
+                        help="H.264/H.265 decoder: software (default), auto (NVIDIA's where present, else software), "
+                             "hardware (NVIDIA's or an error); unverified on Jetson and NVIDIA GPUs: docs/cameras.md")
     stream.add_argument("--backend", default="auto", choices=BACKENDS)
     stream.add_argument("--triton-url", default=None, type=host_port,
                         help="host:port of a Triton server (--backend triton)")

@@ -5,12 +5,21 @@ size within the pixel limit, so a 3 KB file that declares 100000 x 100000 pixels
 is refused, naming the file, without the decoder ever allocating for it. The limit is
 `DEFAULT_MAX_PIXELS` (50 megapixels), or the environment variable `EDGE_AD_MAX_IMAGE_PIXELS`, or the
 `max_pixels` argument of the readers.
+
+Bit depth: a 10-, 12- or 14-bit camera image usually comes in 16-bit words, its values 0..1023/4095/
+16383. Scaled as a 16-bit image it would be near black (4095 >> 8 = 15), so 16-bit data is scaled by
+its *real* depth d (the top 8 of its d significant bits, `v >> (d - 8)`; values above 2**d - 1 are
+clipped to white). The depth is, in order: the one the caller declares (`bit_depth`, `--bit-depth`),
+the one the file declares (a TIFF's MaxSampleValue tag; a PNG's sBIT chunk when the values are stored
+unscaled, see `file_bit_depth`), else 16, the whole word. It is never guessed from the values: a dark
+16-bit image and a bright 12-bit one hold the same numbers.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,6 +30,8 @@ DEFAULT_MAX_PIXELS = 50_000_000          # 50 MP: above any area or line-scan fr
 MAX_PIXELS_ENV = "EDGE_AD_MAX_IMAGE_PIXELS"
 _BYTES_PER_PIXEL_MAX = 8                 # 16-bit RGBA uncompressed: the largest a supported file needs per pixel
 _FORMATS = "PNG, JPEG, BMP, TIFF or WebP"
+WORD_BITS = 16                           # 16-bit words: the widest integer samples accepted
+MIN_BIT_DEPTH = 8
 
 
 class ImageReadError(ValueError):
@@ -196,6 +207,11 @@ def _webp_size(data: bytes | memoryview) -> tuple[int, int]:
 
 def _read_checked(path: Path, what: str, max_pixels: int | None) -> np.ndarray:
     """Read and decode `path` after checking its header against the pixel limit; ImageReadError otherwise."""
+    return _decode_checked(path, what, max_pixels)[0]
+
+
+def _decode_checked(path: Path, what: str, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the decoded image, the file's bytes) of `path`, its header checked against the pixel limit first."""
     if not path.is_file():
         raise ImageReadError(f"{what} not found: {path}")
     limit = max_image_pixels(max_pixels)
@@ -220,18 +236,32 @@ def _read_checked(path: Path, what: str, max_pixels: int | None) -> np.ndarray:
         raise ImageReadError(f"cannot decode {path}: the file is corrupt, truncated or not an image")
     if image.shape[0] * image.shape[1] > limit:     # a container whose header and data disagree
         check_pixels(image.shape[1], image.shape[0], f"{what} {path}", limit)
-    return image
+    return image, data
 
 
-def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, *, max_pixels: int | None = None, bit_depth: int | None = None) -> np.ndarray:
     """Read an image file as H x W x 3 RGB uint8, whatever its channels and bit depth.
 
-    Raises ImageReadError (naming the file) when it is missing, corrupt, not a PNG/JPEG/BMP/TIFF/WebP,
-    or declares more pixels than the limit (ImageTooLargeError; see `max_image_pixels`)."""
+    16-bit files are scaled by their real depth: `bit_depth` when given (8..16), else the depth the
+    file declares, else 16 (see the module's docstring). Raises ImageReadError (naming the file) when
+    it is missing, corrupt, not a PNG/JPEG/BMP/TIFF/WebP, or declares more pixels than the limit
+    (ImageTooLargeError; see `max_image_pixels`)."""
+    return read_image_depth(path, max_pixels=max_pixels, bit_depth=bit_depth)[0]
+
+
+def read_image_depth(path: str | Path, *, max_pixels: int | None = None,
+                     bit_depth: int | None = None) -> tuple[np.ndarray, "DepthUsed"]:
+    """`read_image`, and how its samples were scaled (`DepthUsed`): what a caller reports or warns about."""
     path = Path(path)
-    image = _read_checked(path, "image", max_pixels)
+    given = check_bit_depth(bit_depth)
+    image, data = _decode_checked(path, "image", max_pixels)
+    used = DepthUsed(8, "word", 0)
+    if image.dtype == np.uint16:
+        declared = None if given is not None else declared_bit_depth(memoryview(data))
+        depth, how = (given, "given") if given is not None else file_bit_depth(image, declared)
+        used = DepthUsed(depth, how, int(image.max()))
     try:
-        return to_rgb_uint8(image, bgr=True)
+        return to_rgb_uint8(image, bgr=True, bit_depth=used.depth if image.dtype == np.uint16 else None), used
     except ValueError as err:
         raise ImageReadError(f"cannot use {path}: {err}") from None
 
@@ -251,10 +281,12 @@ def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     return (mask > 0).astype(np.uint8)
 
 
-def to_rgb_uint8(image: np.ndarray, *, bgr: bool = True) -> np.ndarray:
+def to_rgb_uint8(image: np.ndarray, *, bgr: bool = True, bit_depth: int | None = None) -> np.ndarray:
     """Convert a decoded image (H x W, H x W x 1/3/4; uint8, uint16 or float in [0, 1]) to RGB uint8.
 
     `bgr` says the channel order of 3/4-channel input (OpenCV decodes to BGR). Alpha is dropped.
+    `bit_depth` (8..16; None: 16) is the real depth of uint16 samples (`scale_words`); 8-bit and
+    float images do not use it.
     Float images must hold values in [0, 1] (a float image in 0..255 is refused rather than clipped
     to white); NaN/inf values, other dtypes and other shapes raise a ValueError saying what to pass.
     """
@@ -265,8 +297,9 @@ def to_rgb_uint8(image: np.ndarray, *, bgr: bool = True) -> np.ndarray:
         raise ValueError(f"expected a non-empty image array, got shape {image.shape}")
     if not image.dtype.isnative:                  # big-endian 16-bit or float from a camera SDK
         image = image.astype(image.dtype.newbyteorder("="))
+    depth = check_bit_depth(bit_depth)
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = scale_words(image, WORD_BITS if depth is None else depth)
     elif np.issubdtype(image.dtype, np.floating):
         image = _float_to_uint8(image)
     elif image.dtype != np.uint8:
@@ -306,3 +339,111 @@ def _float_to_uint8(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"float image values must be in [0, 1], got {low:g}..{high:g}; pass uint8 "
                          f"(image.astype(np.uint8)) or divide by 255")
     return np.clip(image.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# Bit depth -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DepthUsed:
+    """How an image's samples were scaled to 8 bits: `depth` (8 for 8-bit data), `how` it was chosen
+    ("given" by the caller, "file": declared by the file, "word": the sample word's own size) and
+    `max_value`, the largest sample of 16-bit data (0 for 8-bit): for a warning that it looks shallower."""
+
+    depth: int
+    how: str
+    max_value: int
+
+
+def check_bit_depth(value) -> int | None:
+    """`value` as a bit depth 8..16, or None; ValueError saying what to give otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not \
+            MIN_BIT_DEPTH <= int(value) <= WORD_BITS:
+        raise ValueError(f"bit depth must be a whole number of bits from {MIN_BIT_DEPTH} to {WORD_BITS} (e.g. 12 for "
+                         f"a 12-bit camera delivering 16-bit words), got {value!r}")
+    return int(value)
+
+
+def scale_words(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """uint16 samples holding `bit_depth`-bit values -> uint8 of the same shape: the top 8 significant
+    bits (`v >> (bit_depth - 8)`, so 2**bit_depth - 1 becomes 255; 16 is the old `>> 8`). Values above
+    2**bit_depth - 1 (a wrong depth, or a hot pixel) are clipped to 255."""
+    depth = check_bit_depth(bit_depth)
+    if image.dtype != np.uint16:
+        raise ValueError(f"scale_words takes uint16 samples, got {image.dtype}")
+    shifted = np.right_shift(image, depth - MIN_BIT_DEPTH)
+    if depth < WORD_BITS:
+        np.minimum(shifted, 255, out=shifted)
+    return shifted.astype(np.uint8)
+
+
+def declared_bit_depth(header: bytes | memoryview) -> int | None:
+    """The sample depth (9..15) a 16-bit file declares, or None when it declares none (or 16, or is not
+    16-bit): a PNG's sBIT chunk (significant bits; the largest of its colour channels) or a TIFF's
+    MaxSampleValue tag (281: the largest value used, so its bit length). Never raises."""
+    try:
+        if header[:8] == b"\x89PNG\r\n\x1a\n":
+            depth = _png_significant_bits(header)
+        elif header[:4] in (b"II*\x00", b"MM\x00*"):
+            depth = _tiff_max_sample_bits(header)
+        else:
+            return None
+    except (struct.error, IndexError, ValueError):
+        return None
+    return depth if depth is not None and MIN_BIT_DEPTH < depth < WORD_BITS else None
+
+
+def file_bit_depth(image: np.ndarray, declared: int | None) -> tuple[int, str]:
+    """(depth, how) for a 16-bit image whose file declares `declared` bits (None: nothing declared).
+
+    A TIFF's MaxSampleValue says where the values end, so it is the depth. A PNG's sBIT says how many
+    bits were significant, but the PNG standard has writers scale the samples up to the full 16 bits
+    (libpng does); many camera tools store them unscaled instead. The values tell which: unscaled
+    d-bit data never exceeds 2**d - 1, while scaled data does for any picture brighter than 1/16 of
+    white. So a declared depth is used when the values fit in it, else the data fills the word (16)."""
+    if declared is None:
+        return WORD_BITS, "word"
+    if int(image.max()) <= (1 << declared) - 1:
+        return declared, "file"
+    return WORD_BITS, "word"
+
+
+def _png_significant_bits(data: bytes | memoryview) -> int | None:
+    """sBIT of a 16-bit PNG (the largest colour channel's, alpha left out), or None."""
+    if data[24] != 16:                                   # IHDR bit depth
+        return None
+    colour = data[25]
+    channels = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(colour, 0)   # colour channels (alpha not counted)
+    pos = 8
+    while pos + 8 <= len(data):
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = bytes(data[pos + 4:pos + 8])
+        if kind == b"sBIT" and channels and length >= channels:
+            return max(data[pos + 8:pos + 8 + channels])
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        pos += 12 + length
+    return None
+
+
+def _tiff_max_sample_bits(data: bytes | memoryview) -> int | None:
+    """The bit length of a classic TIFF's MaxSampleValue (tag 281) when its samples are 16-bit, or None."""
+    end = "<" if data[:2] == b"II" else ">"
+    offset = struct.unpack(end + "I", data[4:8])[0]
+    count = struct.unpack(end + "H", data[offset:offset + 2])[0]
+    bits, max_value = None, None
+    for k in range(min(count, 4096)):
+        at = offset + 2 + k * 12
+        tag, kind, n = struct.unpack(end + "HHI", data[at:at + 8])
+        if kind != 3:                                    # SHORT; one value read (all samples alike)
+            continue
+        value_at = at + 8 if n <= 2 else struct.unpack(end + "I", data[at + 8:at + 12])[0]
+        value = struct.unpack(end + "H", data[value_at:value_at + 2])[0]
+        if tag == 258:
+            bits = value
+        elif tag == 281:
+            max_value = value
+    if bits != WORD_BITS or max_value is None or max_value <= 0:
+        return None
+    return int(max_value).bit_length()

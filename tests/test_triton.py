@@ -1,6 +1,7 @@
 """The Triton model repository: layout, config.pbtxt against Triton's own schema (tritonclient's
-model_config.proto), the ONNX model against its config, and SPR's noise frozen into the served graph.
-No Triton server can run here; the client backend's refusal without one is tested, its requests are not."""
+model_config.proto), the ONNX model against its config, and SPR's noise frozen into the served graph;
+the client's check of a served config against the bundle, and its refusal when no server answers.
+The client against a real server: tests/test_triton_server.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from edge_ad.models import create_model
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, store_engine
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad_export.exporter import export_model
+from edge_ad.runtime.triton_served import ServedModelMismatch, ServedSpec, check_config, missing_model
 from edge_ad_export.triton_repository import write_repository
 
 CALIBRATION = {"image_threshold": 1.0, "image_norm": [0.0, 2.0], "pixel_threshold": 1.0, "pixel_norm": [0.0, 2.0],
@@ -101,3 +103,50 @@ def test_cli_writes_the_repository_and_the_client_says_when_no_server_answers(bu
     assert "TensorRT" in capsys.readouterr().err
     with pytest.raises(ConnectionError, match="no Triton server answers at 127.0.0.1:9"):
         edge_ad.load(bundle, backend="triton", triton_url="127.0.0.1:9")
+
+
+def test_the_client_accepts_the_exported_config_and_names_every_difference_of_another(bundle, tmp_path) -> None:
+    b = read_bundle(bundle)
+    (model,) = write_repository(b, tmp_path / "repo", max_batch=4)
+    config = _config(model / "config.pbtxt")
+    spec = ServedSpec.of(b)
+    assert check_config(config, spec, model.name, "gpu:8001") == 4              # the Detector's max batch
+    config.max_batch_size = 0
+    config.input[0].data_type = model_config_pb2.TYPE_FP32
+    config.input.add(name="noise", data_type=model_config_pb2.TYPE_FP32, dims=[3])
+    del config.output[0].dims[:]
+    config.output[0].dims.extend([1, 4, 4])
+    with pytest.raises(ServedModelMismatch) as caught:
+        check_config(config, spec, model.name, "gpu:8001")
+    message = str(caught.value)
+    assert f"the model '{model.name}' on the Triton server at gpu:8001 does not match the bundle {bundle}" in message
+    want_map = list(b.meta["outputs"][0]["shape"][1:])
+    for part in ("max_batch_size is 0", "input 'images' is TYPE_FP32 [64, 64, 3], the bundle needs TYPE_UINT8",
+                 "inputs ['noise'] that the client does not send", f"output 'raw_map' is TYPE_FP32 [1, 4, 4], the "
+                 f"bundle needs TYPE_FP32 {want_map}"):
+        assert part in message
+
+
+def test_a_missing_model_is_explained_from_the_repository_index(bundle) -> None:
+    spec = ServedSpec.of(read_bundle(bundle))
+    index = [{"name": "other_onnx", "state": "READY"},
+             {"name": "spr_onnx", "state": "UNAVAILABLE", "reason": "unloaded"}]
+    message = str(missing_model(index, ["spr_trt", "spr_onnx"], spec, "gpu:8001"))
+    assert f"the Triton server at gpu:8001 has no model ready for the bundle {bundle}" in message
+    assert "'spr_trt' is not in its repository; 'spr_onnx' is in its repository but UNAVAILABLE (unloaded)" in message
+    assert "it has other_onnx" in message
+
+
+def test_a_plan_must_take_every_batch_triton_may_send(bundle, tmp_path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    b = read_bundle(copy)
+    key = DeviceKey("NVIDIA GeForce RTX 3080", "8.6", "10.3.0", "x86_64")
+    _, b = store_engine(b, EngineSpec(b.meta["fp16"]["model.onnx"], "fp16", 1, 4), key, b"plan 1..4", {})
+    if b.meta.get("graph_inputs"):                     # SPR gets no TensorRT model: its engines are not looked at
+        assert [m.name for m in write_repository(b, tmp_path / "repo", max_batch=8)] == ["spr_onnx"]
+        return
+    with pytest.raises(ValueError, match=r"no TensorRT engine takes batches 1..8 .*batch 1..4.*--batch 1,8,8"):
+        write_repository(b, tmp_path / "repo", max_batch=8)
+    models = write_repository(b, tmp_path / "repo", max_batch=4)
+    assert [m.name for m in models] == [f"{b.model_name}_onnx", f"{b.model_name}_trt"]

@@ -10,6 +10,10 @@ time-out must be longer than the camera's frame interval). A file that ends ends
 RTSP transport, per source: `rtsp://host/path?rtsp_transport=tcp` (or `udp`), or
 `NetworkSource(url, transport="tcp")`. Without it FFmpeg tries TCP first and falls back to UDP
 (OpenCV's default). See `ffmpeg_options` for how it stays per source.
+
+Every capture takes `settings` (a `CameraSettings`): the resolution, frame rate and exposure asked of
+it after each (re)opening and read back (camera_settings.py), the real depth of 16-bit frames
+(bit_depth.py), and the decoder of H.264/H.265 streams (hw_decode.py: software by default).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ import numpy as np
 
 from edge_ad.imaging import MAX_PIXELS_ENV
 from edge_ad.logs import escape_controls, redact_source_url
+from edge_ad.stream.bit_depth import ScalesDepth
+from edge_ad.stream.camera_settings import CameraSettings, apply_settings, log_settings
+from edge_ad.stream.hw_decode import (SOFTWARE, DecodePlan, HardwareDecodeUnavailable, acceleration_in_use,
+                                      choose_decoder, source_kind)
 from edge_ad.stream.source_base import Source
 
 log = logging.getLogger(__name__)
@@ -73,16 +81,78 @@ class Reconnect:
         return min(self.cap, self.initial * self.factor ** steps)
 
 
-class CaptureSource(Source):
-    """Common part: a cv2.VideoCapture on `target`, released when the reader ends."""
+class CaptureSource(ScalesDepth, Source):
+    """Common part: a cv2.VideoCapture on `target`, released when the reader ends; `settings` asked of it
+    after each opening (and reported with the `connected` event), its decoder chosen by `decode`."""
 
-    def __init__(self, target: int | str, name: str, *, buffer: int = 4) -> None:
+    def __init__(self, target: int | str, name: str, *, buffer: int = 4, settings: CameraSettings | None = None) -> None:
         super().__init__(name, buffer=buffer)
         self.target = target
         self.cap: cv2.VideoCapture | None = None
+        self.settings = settings or CameraSettings()
+        self.bit_depth = self.settings.bit_depth
+        self.settings_report: dict = {}          # what the last opening asked and got (camera_settings.py)
+        self.decoder = self._plan()              # HardwareDecodeUnavailable now, not once streaming
+        self._decode_said = False
+
+    def _plan(self) -> DecodePlan:
+        return choose_decoder(str(self.target), self.settings.decode, kind=source_kind(self.target),
+                              codec=self.settings.codec)
 
     def _capture(self) -> cv2.VideoCapture:
-        return cv2.VideoCapture(self.target)
+        if self.decoder.kind == SOFTWARE:
+            return cv2.VideoCapture(self.target)
+        with ffmpeg_options(self.decoder.options or None):
+            return cv2.VideoCapture(self.decoder.target, self.decoder.api, list(self.decoder.params))
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        """`_capture()`, and once it is open: the decoder checked (HardwareDecodeUnavailable when a required
+        one is not used: the source fails, it is not retried), the settings asked and read back (logged
+        when they differ from the last opening's: a file replayed by `loop` says it once)."""
+        cap = self._capture()
+        if cap.isOpened():
+            try:
+                self._check_decoder(cap)
+            except BaseException:
+                cap.release()
+                raise
+            if self.settings.asks_capture:
+                report = apply_settings(cap, self.settings)
+                if report != self.settings_report:
+                    log_settings(report, self.name)
+                self.settings_report = report
+        return cap
+
+    def _check_decoder(self, cap: cv2.VideoCapture) -> None:
+        """Say once which decoder reads this source; a required hardware decoder that FFmpeg did not use
+        (it fell back to software) is HardwareDecodeUnavailable."""
+        plan = self.decoder
+        used = acceleration_in_use(cap) if plan.hardware and plan.api == cv2.CAP_FFMPEG else ""
+        if used == "none" and plan.required:
+            raise HardwareDecodeUnavailable(
+                f"{self.name}: hardware decoding was asked (decode=hardware) but OpenCV's FFmpeg decodes this stream "
+                "in software: the FFmpeg inside this OpenCV has no NVDEC/CUDA decoder (pip's opencv-python wheels "
+                "have none); use decode=auto or decode=software, or an OpenCV built with a CUDA-enabled FFmpeg")
+        if self._decode_said or not (plan.note or plan.hardware):
+            return
+        self._decode_said = True
+        if plan.kind == SOFTWARE:
+            log.info("source %s: %s", self.name, plan.note, extra={"source": self.name})
+        elif used == "none":
+            log.info("source %s: decoding in software: OpenCV's FFmpeg did not take the NVIDIA decoder (no "
+                     "NVDEC/CUDA in its FFmpeg)", self.name, extra={"source": self.name})
+        else:
+            log.info("source %s: decoder %s%s%s", self.name, plan.kind, f" ({used})" if used else "",
+                     f": {plan.note}" if plan.note else "", extra={"source": self.name})
+
+    def _connected_fields(self) -> dict:
+        """The settings report and the decoder, for the `connected` event (only what is set)."""
+        fields: dict = {}
+        if self.settings_report:
+            fields["settings"] = self.settings_report
+        if self.decoder.hardware:
+            fields["decoder"] = self.decoder.kind
+        return fields
 
     def _oversized(self, cap: cv2.VideoCapture) -> str:
         """Why `cap`'s frames are refused ("has WxH frames, over the limit ..."), from the size it declares
@@ -104,16 +174,17 @@ class VideoFileSource(CaptureSource):
     """Every frame of a video file in order. `realtime` paces it at its own frame rate (a recording
     replayed as if it were a camera, frames still never dropped); `loop` replays it from the start."""
 
-    def __init__(self, path: str | Path, *, realtime: bool = False, loop: bool = False, buffer: int = 4) -> None:
-        super().__init__(str(path), Path(path).name, buffer=buffer)
+    def __init__(self, path: str | Path, *, realtime: bool = False, loop: bool = False, buffer: int = 4,
+                 settings: CameraSettings | None = None) -> None:
+        super().__init__(str(path), Path(path).name, buffer=buffer, settings=settings)
         self.realtime, self.loop = realtime, loop
 
     def _open(self) -> None:
-        self.cap = self._capture()
+        self.cap = self._open_capture()
         if not self.cap.isOpened():
             self.cap.release()
             raise ConnectionError(f"cannot open {self.name}: check the path and that OpenCV can decode it")
-        self._set_state("connected", frames=int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        self._set_state("connected", frames=int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), **self._connected_fields())
 
     def _read_loop(self) -> None:
         self._check_size()
@@ -125,7 +196,7 @@ class VideoFileSource(CaptureSource):
             if not self.loop or self._stop.is_set() or read == 0:
                 break
             self.cap.release()
-            self.cap = self._capture()
+            self.cap = self._open_capture()
             log.info("source %s: looping after %d frames (%.0f s)", self.name, read, time.monotonic() - start,
                      extra={"source": self.name})
 
@@ -163,9 +234,10 @@ class _LiveCapture(CaptureSource):
 
     live = True
 
-    def __init__(self, target: int | str, name: str, *, reconnect: Reconnect | None = None) -> None:
-        super().__init__(target, name, buffer=1)
+    def __init__(self, target: int | str, name: str, *, reconnect: Reconnect | None = None,
+                 settings: CameraSettings | None = None) -> None:
         self.policy = reconnect or Reconnect()
+        super().__init__(target, name, buffer=1, settings=settings)
         self._lost_at: float | None = None
 
     def _read_loop(self) -> None:
@@ -217,7 +289,7 @@ class _LiveCapture(CaptureSource):
         """Open again, backing off between attempts; False when stopped or the budget is spent."""
         attempt = 0
         while not self._stop.is_set():
-            cap = self._capture()
+            cap = self._open_capture()
             why = "cannot connect"
             if cap.isOpened():
                 problem = self._oversized(cap)      # a hostile server's 268 MP frames: refused before decoding
@@ -245,7 +317,7 @@ class _LiveCapture(CaptureSource):
 
     def _connected(self, attempts: int) -> None:
         if self._lost_at is None:
-            self._set_state("connected", attempts=attempts)
+            self._set_state("connected", attempts=attempts, **self._connected_fields())
             return
         gap = time.time() - self._lost_at
         self.stats.reconnects += 1
@@ -253,17 +325,17 @@ class _LiveCapture(CaptureSource):
         self.stats.gaps.append({"from": round(self._lost_at, 3), "seconds": round(gap, 3), "attempts": attempts})
         self._lost_at = None
         self._set_state("connected", gap_s=round(gap, 3), attempts=attempts, reconnects=self.stats.reconnects,
-                        level=logging.WARNING)
+                        level=logging.WARNING, **self._connected_fields())
 
 
 class CameraSource(_LiveCapture):
     """A local camera by index (V4L2 on Linux). It must open at start; later losses are retried."""
 
-    def __init__(self, index: int, *, reconnect: Reconnect | None = None) -> None:
-        super().__init__(index, f"camera{index}", reconnect=reconnect)
+    def __init__(self, index: int, *, reconnect: Reconnect | None = None, settings: CameraSettings | None = None) -> None:
+        super().__init__(index, f"camera{index}", reconnect=reconnect, settings=settings)
 
     def _open(self) -> None:
-        self.cap = self._capture()
+        self.cap = self._open_capture()
         if not self.cap.isOpened():
             self.cap.release()
             self.cap = None
@@ -274,7 +346,7 @@ class CameraSource(_LiveCapture):
             self.cap.release()
             self.cap = None
             raise ConnectionError(f"camera {self.target} {problem}")
-        self._set_state("connected")
+        self._set_state("connected", **self._connected_fields())
 
 
 class NetworkSource(_LiveCapture):
@@ -289,18 +361,26 @@ class NetworkSource(_LiveCapture):
     opened) fixes an RTSP stream's transport: TCP for a lossy network or a firewall, UDP for the
     lowest latency. None: FFmpeg tries TCP first, then UDP."""
 
-    def __init__(self, url: str, *, reconnect: Reconnect | None = None, transport: str | None = None) -> None:
-        super().__init__(url, redact_source_url(escape_controls(url)), reconnect=reconnect)
-        self._open_msec = int(self.policy.timeout * 1000)
+    def __init__(self, url: str, *, reconnect: Reconnect | None = None, transport: str | None = None,
+                 settings: CameraSettings | None = None) -> None:
         self.url, self.transport = rtsp_transport(url, transport)
+        super().__init__(url, redact_source_url(escape_controls(url)), reconnect=reconnect, settings=settings)
+        self._open_msec = int(self.policy.timeout * 1000)
+
+    def _plan(self) -> DecodePlan:
+        return choose_decoder(self.url, self.settings.decode, kind=source_kind(self.url), codec=self.settings.codec,
+                              transport=self.transport)
 
     def _capture(self) -> cv2.VideoCapture:
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._open_msec, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._open_msec]
         if "appsink" in str(self.target):
             return cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._open_msec, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._open_msec]
-        options = {"rtsp_transport": self.transport} if self.transport else None
-        with ffmpeg_options(options):
-            return cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        if self.decoder.api == cv2.CAP_GSTREAMER:                 # the Jetson's NVDEC pipeline (unverified)
+            return cv2.VideoCapture(self.decoder.target, cv2.CAP_GSTREAMER, timeouts)
+        options = {"rtsp_transport": self.transport} if self.transport else {}
+        options.update(self.decoder.options)
+        with ffmpeg_options(options or None):
+            return cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, timeouts + list(self.decoder.params))
 
 
 def rtsp_transport(url: str, transport: str | None = None) -> tuple[str, str | None]:

@@ -106,9 +106,13 @@ class Stream:
         return self._stopping.is_set()
 
     def stop(self) -> None:
-        """End after the frames already read (safe from a signal handler or another thread)."""
+        """End after the frames already read (safe from a signal handler or another thread); a remote
+        backend (Triton) stops waiting for its server."""
         self._stopping.set()
         self._ready.set()
+        interrupt = getattr(getattr(self.detector, "backend", None), "interrupt", None)
+        if callable(interrupt):
+            interrupt()
 
     # The loop --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[StreamItem]:
@@ -312,6 +316,10 @@ class Stream:
             if take is not None:
                 for event in take():
                     self._event(event)
+        take = getattr(getattr(self.detector, "backend", None), "take_events", None)   # a remote backend's connection states
+        if callable(take):
+            for event in take():
+                self._event(event)
 
     def _guard(self, sink, method, arg) -> None:
         """A failing sink (full disk, closed window) is logged at most once a minute; the stream goes on."""

@@ -21,8 +21,11 @@ from typing import Iterable
 
 import numpy as np
 
-from edge_ad.imaging import IMAGE_SUFFIXES, ImageReadError, ImageTooLargeError, NotAnImageError, read_image
+from edge_ad.imaging import (IMAGE_SUFFIXES, DepthUsed, ImageReadError, ImageTooLargeError, NotAnImageError,
+                             read_image_depth)
 from edge_ad.logs import escape_controls, redact
+from edge_ad.stream.bit_depth import ScalesDepth, shallow_hint
+from edge_ad.stream.camera_settings import CameraSettings
 from edge_ad.stream.capture import CameraSource, NetworkSource, Reconnect, VideoFileSource
 from edge_ad.stream.source_base import ENDED_STATES, Frame, Source
 
@@ -36,7 +39,7 @@ FOLDER_RETRY_DELAY_S = 0.2      # the first wait before reading it again; it dou
 FOLDER_FRESH_S = 0.5            # a file modified this recently may still be being written
 
 
-class FolderSource(Source):
+class FolderSource(ScalesDepth, Source):
     """Every image of a folder, sorted by name; non-images and unreadable files are skipped and counted.
 
     The folder is read once: the files it holds when the stream starts (hidden files and sub-folders
@@ -45,13 +48,19 @@ class FolderSource(Source):
     read, or it was modified in the last 0.5 s and is truncated) is read again up to 3 times (after
     0.2, 0.4, 0.8 s) before it is skipped. An image whose header declares more pixels than the limit
     (`max_pixels`, $EDGE_AD_MAX_IMAGE_PIXELS, default 50 MP) is skipped without being decoded. Every
-    skip is counted and logged with the file's name, and the folder goes on with the next file."""
+    skip is counted and logged with the file's name, and the folder goes on with the next file.
+
+    16-bit files are scaled by `bit_depth` when set, else by the depth each file declares, else as
+    16-bit; a 16-bit file whose values fit in far fewer bits gets a hint, once (see bit_depth.py)."""
 
     color = "RGB"
 
-    def __init__(self, folder: Path, name: str, *, buffer: int = 4, max_pixels: int | None = None) -> None:
+    def __init__(self, folder: Path, name: str, *, buffer: int = 4, max_pixels: int | None = None,
+                 bit_depth: int | None = None) -> None:
         super().__init__(name, buffer=buffer, max_pixels=max_pixels)
         self.folder = folder
+        self.bit_depth = bit_depth
+        self._hinted = False
 
     def _open(self) -> None:
         if not self.folder.is_dir():
@@ -76,8 +85,9 @@ class FolderSource(Source):
         for attempt in range(FOLDER_RETRIES + 1):
             before = _fingerprint(path)
             try:
-                image = read_image(path, max_pixels=self._limit)
+                image, used = read_image_depth(path, max_pixels=self._limit, bit_depth=self.bit_depth)
                 if _fingerprint(path) == before:
+                    self._depth_hint(used, path)
                     return image
                 why, final = f"{path.name} changed while it was read", False
             except ImageTooLargeError as err:
@@ -100,12 +110,23 @@ class FolderSource(Source):
         return None
 
 
+    def _depth_hint(self, used: DepthUsed, path: Path) -> None:
+        """Once per source: a 16-bit file scaled as 16-bit whose values fit in far fewer bits."""
+        if self._hinted or used.how != "word" or used.depth != 16:
+            return
+        hint = shallow_hint(used.max_value, f"the samples of {escape_controls(path.name)}")
+        if hint:
+            self._hinted = True
+            log.warning("source %s: %s (and the file declares no depth)", self.name, hint, extra={"source": self.name})
+
+
 class ImageFileSource(FolderSource):
     """One image file, read like a folder's: header checked against the pixel limit, then decoded
     (not handed to FFmpeg as a one-frame video, which would skip those checks)."""
 
-    def __init__(self, path: Path, *, buffer: int = 4, max_pixels: int | None = None) -> None:
-        super().__init__(path.parent, path.name, buffer=buffer, max_pixels=max_pixels)
+    def __init__(self, path: Path, *, buffer: int = 4, max_pixels: int | None = None,
+                 bit_depth: int | None = None) -> None:
+        super().__init__(path.parent, path.name, buffer=buffer, max_pixels=max_pixels, bit_depth=bit_depth)
         self.path = path
 
     def _open(self) -> None:
@@ -132,19 +153,22 @@ def _in_flux(path: Path, before: tuple[int, int] | None) -> bool:
     return now != before or time.time() - now[1] / 1e9 < FOLDER_FRESH_S
 
 
-class IterableSource(Source):
+class IterableSource(ScalesDepth, Source):
     """Frames from any iterable of numpy arrays: a machine-vision camera SDK, a generator, a list.
 
     `color` is the order of 3/4-channel frames; any size, 1/3/4 channels, 8/16-bit or float in [0, 1]
-    is accepted and converted. With `live=True` only the newest frame is kept, like a camera."""
+    is accepted and converted. With `live=True` only the newest frame is kept, like a camera.
+    `bit_depth`: the camera's real depth when it delivers 16-bit words (12 for Mono12; see bit_depth.py)."""
 
     def __init__(self, frames: Iterable[np.ndarray], name: str = "frames", *, color: str = "BGR",
-                 live: bool = False, buffer: int = 4, max_pixels: int | None = None) -> None:
+                 live: bool = False, buffer: int = 4, max_pixels: int | None = None,
+                 bit_depth: int | None = None) -> None:
         if color not in ("BGR", "RGB"):
             raise ValueError(f"color must be 'BGR' or 'RGB', got {color!r}")
         self.live, self.color = live, color
         super().__init__(name, buffer=buffer, max_pixels=max_pixels)
         self.frames = frames
+        self.bit_depth = bit_depth
 
     def _open(self) -> None:
         self._set_state("connected")
@@ -157,38 +181,65 @@ class IterableSource(Source):
 
 
 def open_source(spec, *, reconnect=None, realtime: bool = False, loop: bool = False, buffer: int = 4,
-                max_pixels: int | None = None) -> Source:
+                max_pixels: int | None = None, settings: CameraSettings | None = None,
+                transport: str | None = None) -> Source:
     """A source from what a user types: 0 / "0" (camera), a video path, an image folder, an rtsp/http
     URL or a GStreamer pipeline ending in appsink; a Source or an iterable of arrays is used as is.
 
     `reconnect` (a `Reconnect`) is the retry policy of cameras and network streams; `realtime` paces
     a video file at its frame rate, `loop` replays it (frame indices keep counting); `max_pixels` is
-    the largest image or frame accepted (default: $EDGE_AD_MAX_IMAGE_PIXELS or 50 MP)."""
-    source = _open_source(spec, reconnect=reconnect, realtime=realtime, loop=loop, buffer=buffer)
+    the largest image or frame accepted (default: $EDGE_AD_MAX_IMAGE_PIXELS or 50 MP). `settings`
+    (a `CameraSettings`) is what to ask of a camera, file or stream (folders and images take only
+    its bit_depth); `transport` ("tcp"/"udp") that of an RTSP stream."""
+    source = _open_source(spec, reconnect=reconnect, realtime=realtime, loop=loop, buffer=buffer, settings=settings,
+                          transport=transport)
     if max_pixels is not None:
         source.max_pixels = max_pixels
     return source
 
 
-def _open_source(spec, *, reconnect, realtime: bool, loop: bool, buffer: int) -> Source:
+def _open_source(spec, *, reconnect, realtime: bool, loop: bool, buffer: int, settings: CameraSettings | None,
+                 transport: str | None) -> Source:
     if isinstance(spec, Source):
+        if (settings is not None and not settings.empty) or transport is not None:
+            raise ValueError(f"source {spec.name} is already built: give its settings and transport to its own "
+                             "constructor")
         return spec
     policy = reconnect or Reconnect()
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        return CameraSource(int(spec), reconnect=policy)
+        _no_transport(transport, f"camera {spec}")
+        return CameraSource(int(spec), reconnect=policy, settings=settings)
     if isinstance(spec, (str, Path)):
         text = str(spec)
         if _URL.match(text) or "appsink" in text:
-            return NetworkSource(text, reconnect=policy)
+            return NetworkSource(text, reconnect=policy, transport=transport, settings=settings)
+        _no_transport(transport, redact(escape_controls(text)))
         path = Path(text)
         if path.is_dir():
-            return FolderSource(path, path.name, buffer=buffer)
+            return FolderSource(path, path.name, buffer=buffer, bit_depth=_depth_only(settings, path.name))
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            return ImageFileSource(path, buffer=buffer)
+            return ImageFileSource(path, buffer=buffer, bit_depth=_depth_only(settings, path.name))
         if path.is_file():
-            return VideoFileSource(path, realtime=realtime, loop=loop, buffer=buffer)
+            return VideoFileSource(path, realtime=realtime, loop=loop, buffer=buffer, settings=settings)
         raise FileNotFoundError(f"source not found: {redact(escape_controls(text))} (a camera index, a video file, an image "
                                 "folder, or an rtsp:// / http:// URL)")
     if isinstance(spec, Iterable):
-        return IterableSource(spec, buffer=buffer)
+        _no_transport(transport, "an iterable of frames")
+        return IterableSource(spec, buffer=buffer, bit_depth=_depth_only(settings, "an iterable of frames"))
     raise TypeError(f"cannot stream from {type(spec).__name__}: give a camera index, path, URL, Source or iterable")
+
+
+def _depth_only(settings: CameraSettings | None, what: str) -> int | None:
+    """The bit depth of settings given to images or arrays, which have no capture to ask anything else of."""
+    if settings is None:
+        return None
+    others = [k for k, v in vars(settings).items() if v is not None and k != "bit_depth"]
+    if others:
+        raise ValueError(f"{escape_controls(what)}: {', '.join(others)} can be asked of a camera, a video file or a "
+                         "stream, not of image files or arrays (they take only bit_depth)")
+    return settings.bit_depth
+
+
+def _no_transport(transport: str | None, what: str) -> None:
+    if transport is not None:
+        raise ValueError(f"{what}: an RTSP transport ({transport}) goes with rtsp:// URLs only")

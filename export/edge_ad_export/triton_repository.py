@@ -13,7 +13,9 @@ heatmap parameters and calibration, exactly as the local backends do.
 A bundle with fixed extra inputs (SPR's seeded noise) gets them frozen into the repository's ONNX
 graph as constants, since Triton batches every input of a batched model; such bundles get no TensorRT
 model (the plan keeps `noise` as an input). DiffAD's loop runs in edge_ad, not in Triton: refused.
-A plan must match the server's TensorRT version: build the engines with the server's TensorRT.
+A plan must match the server's TensorRT version: build the engines with the server's TensorRT; its
+optimization profile must take batches 1..max_batch (an error names the engines that do not).
+How to serve the repository on a GPU Triton: docs/triton.md.
 The config is a `ModelConfig` message of Triton's model_config.proto (tritonclient's classes), printed by
 protobuf's text_format: names are escaped by the printer, never pasted into text. Every name that
 becomes a folder, a file or a config field (model, tensors, compute capabilities) is checked first
@@ -48,10 +50,10 @@ from edge_ad.bundle import (Bundle, BundleError, current_umask, disk_full_error,
                             validate_meta)
 from edge_ad.runtime.inputs import seeded_inputs
 from edge_ad.runtime.triton_client import model_names
+from edge_ad.runtime.triton_served import TRITON_TYPES
 
 __all__ = ["write_repository", "model_names", "model_config"]
 
-TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 MAX_BATCH = 4096
 MANIFEST = ".edge_ad-triton.json"       # in each model folder we write: its files and their sha256
 
@@ -104,15 +106,25 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
-def _plans(bundle: Bundle) -> dict[str, str]:
-    """Compute capability -> engine file of the bundle's main graph (the newest TensorRT per capability)."""
+def _plans(bundle: Bundle, max_batch: int) -> dict[str, str]:
+    """Compute capability -> engine file of the bundle's main graph (the newest TensorRT per capability)
+    whose optimization profile takes every batch Triton may send, 1..max_batch. Engines of that graph
+    that all fall short are an error naming them (Triton would refuse the model at load)."""
     found: dict[str, tuple[str, str]] = {}
+    short = []
     for name, info in bundle.meta.get("engines", {}).items():
         if info.get("graph") != bundle.meta.get("fp16", {}).get("model.onnx"):
+            continue
+        if int(info.get("min_batch", 1)) > 1 or int(info.get("max_batch", 1)) < max_batch:
+            short.append(f"{name} (batch {info.get('min_batch', 1)}..{info.get('max_batch', 1)})")
             continue
         cc, version = info["device"]["compute_capability"], info["device"]["tensorrt"]
         if cc not in found or _version_key(version) > _version_key(found[cc][1]):
             found[cc] = (name, version)
+    if short and not found:
+        raise ValueError(f"{bundle.path}: no TensorRT engine takes batches 1..{max_batch} (the Triton model's "
+                         f"max_batch_size): {', '.join(short)}. Rebuild them with `edge-ad export BUNDLE --engine "
+                         f"--batch 1,{max_batch},{max_batch}`, or give --max-batch at most their largest batch")
     return {cc: name for cc, (name, _) in found.items()}
 
 
@@ -143,7 +155,7 @@ def write_repository(bundle: Bundle, out: str | Path, *, max_batch: int = 8, pre
     out.mkdir(parents=True, exist_ok=True)
     names, written = model_names(bundle), []
     common = dict(max_batch=max_batch, preferred=preferred, delay_us=delay_us, instances=instances)
-    plans = _plans(bundle) if not bundle.meta.get("graph_inputs") else {}
+    plans = _plans(bundle, max_batch) if not bundle.meta.get("graph_inputs") else {}
     if not overwrite:
         for name in [names["onnx"], *([names["tensorrt"]] if plans else [])]:
             check_replaceable(out / name)
