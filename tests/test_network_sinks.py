@@ -171,16 +171,23 @@ def test_a_dead_endpoint_never_slows_the_stream(detector, tmp_path, endpoint, re
     alone = max(_fps(detector, frames, [])[0] for _ in range(2))
     if endpoint.startswith("mqtt"):
         request.getfixturevalue("paho")
-        sink, silent = MqttSink(f"mqtt://127.0.0.1:{free_port()}", queue_size=10, retry=QUICK, flush_timeout=1.0), None
-    else:
-        silent = Silent()
-        sink = WebhookSink(silent.url(), queue_size=10, retry=QUICK, flush_timeout=1.0)
-    try:
-        fps, seconds = _fps(detector, frames, [sink])
+    silent = None if endpoint.startswith("mqtt") else Silent()
+
+    def dead_sink():
+        if silent is None:
+            return MqttSink(f"mqtt://127.0.0.1:{free_port()}", queue_size=10, retry=QUICK, flush_timeout=1.0)
+        return WebhookSink(silent.url(), queue_size=10, retry=QUICK, flush_timeout=1.0)
+
+    try:                # best of two runs, as for `alone`: one run of 150 frames is a fraction of a second,
+        runs = []       # and a 2-core machine's other work can halve any single one
+        for _ in range(2):
+            sink = dead_sink()
+            runs.append((*_fps(detector, frames, [sink]), sink.summary()))
     finally:
         if silent is not None:
             silent.close()
-    report = sink.summary()
+    fps = max(r[0] for r in runs)
+    _, seconds, report = runs[-1]
     print(f"{endpoint}: {fps:.0f} FPS with the sink, {alone:.0f} without")
     assert fps >= 0.5 * alone, (fps, alone)
     assert seconds <= len(frames) / fps + 1.0 + QUICK.timeout + 2.0     # the flush time-out, then one send at most
