@@ -13,7 +13,8 @@ own process with `--events-frames all` and a Prometheus endpoint scraped every 1
 memory is sampled every 2 s.
 
 Figures: `rss_growth_pct` = the median RSS over the last 30 s against the median over the 30 s
-after the warm-up (the first 60 s, or 10% of a shorter run). `file_frames_lost`: per video file,
+after the warm-up (the first 60 s, or 10% of a shorter run); `rss_mb_at_s` is its course (about 60
+samples), to tell a step from a slope. `file_frames_lost`: per video file,
 frame positions up to the last one processed with no line in the events file (must be 0: files
 lose nothing). `duplicate_frames`: (source, frame) pairs in the events file more than once.
 `missed_anomalous_frames`: frames of the labelled video the labels call anomalous with no line (a
@@ -231,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     per = summary["sources"]
     rtsp_name = next(name for name in per if name.startswith("rtsp://"))
     mjpeg_name = next(name for name in per if name.startswith("http://"))
+    cameras = ("frames", "reconnects", "gap_seconds", "dropped", "corrupt")
     result = {"sources": [belt0.name, belt1.name, "http MJPEG loopback camera", "rtsp H.264 loopback camera"],
-              "fps_per_source": args.fps, "duration_s": summary["seconds"], **rss_growth(watched["samples"], args.duration),
+              "fps_per_source": args.fps, "duration_s": summary["seconds"],
+              **rss_growth(watched["samples"], args.duration),
               **check_events(events, [belt0.name, belt1.name], belt0.name, labels),
               "mqtt": {**mqtt_figures(summary, received, started + broker_down[1]), "broker_down_s": broker_down},
-              "rtsp_camera": {f: per[rtsp_name][f] for f in ("frames", "reconnects", "gap_seconds", "dropped", "corrupt")},
-              "mjpeg_camera": {f: per[mjpeg_name][f] for f in ("frames", "reconnects", "gap_seconds", "dropped", "corrupt")},
+              "rtsp_camera": {f: per[rtsp_name][f] for f in cameras},
+              "mjpeg_camera": {f: per[mjpeg_name][f] for f in cameras},
               "fps": summary["fps"], "anomalous": summary["anomalous"], "latency_ms_p50": summary["latency_ms_p50"],
               "latency_ms_p99": summary["latency_ms_p99"], "batch": summary["batch"],
               "per_source": {k: {f: v[f] for f in ("frames", "fps", "latency_ms_p50", "latency_ms_p99", "dropped",

@@ -38,9 +38,11 @@ def tiff16(image: np.ndarray, max_value: int | None = None) -> bytes:
     tags = [(256, 3, w), (257, 3, h), (258, 3, 16), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
             (278, 3, h), (279, 4, len(pixels))] + ([(281, 3, max_value)] if max_value is not None else [])
     data_at = 8 + 2 + 12 * len(tags) + 4
-    entries = b"".join(struct.pack("<HHI", tag, kind, 1)
-                       + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", data_at if tag == 273 else value))
-                       for tag, kind, value in sorted(tags))
+    def entry(tag: int, kind: int, value: int) -> bytes:
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", data_at if tag == 273 else value)
+        return struct.pack("<HHI", tag, kind, 1) + packed
+
+    entries = b"".join(entry(*tag) for tag in sorted(tags))
     return b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + b"\0\0\0\0" + pixels
 
 
@@ -64,7 +66,8 @@ def test_12_bit_values_fill_the_8_bit_range() -> None:
 def test_16_bit_words_scale_as_before_and_overflow_clips() -> None:
     every = np.arange(65536, dtype=np.uint16)
     assert np.array_equal(scale_words(every, 16), (every >> 8).astype(np.uint8))
-    assert np.array_equal(to_rgb_uint8(every.reshape(256, 256))[..., 0], (every >> 8).astype(np.uint8).reshape(256, 256))
+    old = (every >> 8).astype(np.uint8).reshape(256, 256)
+    assert np.array_equal(to_rgb_uint8(every.reshape(256, 256))[..., 0], old)
     assert scale_words(np.array([4096, 65535], np.uint16), 12).tolist() == [255, 255]   # above 4095: white
     assert scale_words(np.array([1023], np.uint16), 10).tolist() == [255]
     assert scale_words(np.array([255], np.uint16), 8).tolist() == [255]

@@ -20,6 +20,7 @@ from pathlib import Path
 from edge_ad.bundle import Bundle, read_bundle
 from edge_ad.runtime.backend import Backend, LoadOptions
 from edge_ad.runtime.ddim_plan import DdimPlan
+from edge_ad.runtime.precision import PRECISIONS, check_precision
 from edge_ad.runtime.detector import Detector
 from edge_ad.runtime.registry import PIPELINES, BackendUnavailable, backend_names, register_backend, resolve
 from edge_ad.runtime.result import InferenceError, Result
@@ -39,7 +40,8 @@ def __getattr__(name: str):
 def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threads: int | None = None,
          steps: int | None = None, seed: int | None = None, batch: tuple[int, int, int] = (1, 1, 8),
          cuda_graph: bool = True, build_engine: bool = True, triton_url: str | None = None,
-         threshold: float | None = None, sensitivity: float | None = None) -> Detector:
+         threshold: float | None = None, sensitivity: float | None = None,
+         precision: str | None = None) -> Detector:
     """Open a bundle (checking its format and checksums) and build a Detector on the chosen backend.
 
     `steps`: DDIM steps of a diffusion bundle (DiffAD; default the bundle's, 5). `seed`: the seed of
@@ -47,8 +49,11 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
     TensorRT: `batch` = (min, opt, max) of the engine's profile, `cuda_graph` captures each frame's work,
     `build_engine=False` refuses to build a missing engine. `triton_url`: host:port of the gRPC endpoint.
     `threshold` (raw score units) or `sensitivity` (0..1, 0.5 = the calibrated threshold, higher flags
-    more): the image threshold to use instead of the bundle's (Detector.set_threshold; at most one)."""
+    more): the image threshold to use instead of the bundle's (Detector.set_threshold; at most one).
+    `precision`: None (the backend's default), "fp32", "bf16"/"fp16" (OpenVINO's hint) or "int8" (the bundle's
+    INT8 graph): edge_ad.runtime.precision."""
     threshold_in_use(0.0, (0.0, 1.0), threshold, sensitivity)     # a bad value fails before any backend opens
+    check_precision(precision, backend, PRECISIONS)
     entry = resolve(backend)
     b = read_bundle(bundle)
     kind = pipeline_kind(b)
@@ -59,7 +64,8 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
                          f"needs the {kind!r} pipeline: use backend 'onnxruntime' or 'tensorrt'")
     plan = DdimPlan.from_pipeline(b.meta["pipeline"], steps=steps, seed=seed) if kind == "latent_ddim" else None
     options = LoadOptions(device=entry.device, threads=threads, seed=seed, plan=plan, batch=batch,
-                          cuda_graph=cuda_graph, build_engine=build_engine, triton_url=triton_url)
+                          cuda_graph=cuda_graph, build_engine=build_engine, triton_url=triton_url,
+                          precision=precision)
     detector = Detector(b, entry.open(b, options), color=color)
     detector.set_threshold(threshold, sensitivity=sensitivity)
     return detector

@@ -86,6 +86,7 @@ class LoadOptions:
     cuda_graph: bool = True
     build_engine: bool = True
     triton_url: str | None = None
+    precision: str | None = None         # edge_ad.runtime.precision: None = the backend's default
 
 
 # A backend module's constructor for the registry: (the read bundle, the resolved options) -> Backend.

@@ -43,6 +43,10 @@ def ort_session(model_path: Path, *, device: str = "auto", threads: int | None =
     # work that follows (resize, the heatmap kernel's OpenMP threads): on 2 cores that halved the
     # end-to-end frame rate of SimpleNet at 288 px (measured 50 -> 74 FPS, benchmarks/results/fps-cpu.json).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # The CPU memory arena keeps every block it ever grew to and grows again as frames differ: in the
+    # 10-minute soak it took the process from 220 to 249 MB (+13%); without it RSS stayed flat (220 ->
+    # 223 MB) at the same frame rate (benchmarks/results/soak.json).
+    options.enable_cpu_mem_arena = False
     providers = ["CPUExecutionProvider"]
     if device == "cuda" or (device == "auto" and gpu_present()):
         if "CUDAExecutionProvider" in ort.get_available_providers():

@@ -58,7 +58,8 @@ class CameraSettings:
     def __post_init__(self) -> None:
         for key in ("width", "height"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_SIDE):
                 raise ValueError(f"camera {key} must be a whole number of pixels from 1 to {MAX_SIDE}, got {value!r}")
         if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
                                      or not math.isfinite(self.fps) or not 0 < self.fps <= MAX_FPS):

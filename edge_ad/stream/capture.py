@@ -85,7 +85,8 @@ class CaptureSource(ScalesDepth, Source):
     """Common part: a cv2.VideoCapture on `target`, released when the reader ends; `settings` asked of it
     after each opening (and reported with the `connected` event), its decoder chosen by `decode`."""
 
-    def __init__(self, target: int | str, name: str, *, buffer: int = 4, settings: CameraSettings | None = None) -> None:
+    def __init__(self, target: int | str, name: str, *, buffer: int = 4,
+                 settings: CameraSettings | None = None) -> None:
         super().__init__(name, buffer=buffer)
         self.target = target
         self.cap: cv2.VideoCapture | None = None
@@ -184,7 +185,8 @@ class VideoFileSource(CaptureSource):
         if not self.cap.isOpened():
             self.cap.release()
             raise ConnectionError(f"cannot open {self.name}: check the path and that OpenCV can decode it")
-        self._set_state("connected", frames=int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), **self._connected_fields())
+        self._set_state("connected", frames=int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+                        **self._connected_fields())
 
     def _read_loop(self) -> None:
         self._check_size()
@@ -331,7 +333,8 @@ class _LiveCapture(CaptureSource):
 class CameraSource(_LiveCapture):
     """A local camera by index (V4L2 on Linux). It must open at start; later losses are retried."""
 
-    def __init__(self, index: int, *, reconnect: Reconnect | None = None, settings: CameraSettings | None = None) -> None:
+    def __init__(self, index: int, *, reconnect: Reconnect | None = None,
+                 settings: CameraSettings | None = None) -> None:
         super().__init__(index, f"camera{index}", reconnect=reconnect, settings=settings)
 
     def _open(self) -> None:

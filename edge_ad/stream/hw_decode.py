@@ -62,8 +62,8 @@ class DecodeFacts:
     def probe() -> "DecodeFacts":
         """The facts of this box (cached: they do not change while a process runs)."""
         jetson = _is_jetson()
-        return DecodeFacts(jetson=jetson, nvidia_gpu=_has_nvidia_driver(), opencv_gstreamer=_has_backend(cv2.CAP_GSTREAMER),
-                           opencv_ffmpeg=_has_backend(cv2.CAP_FFMPEG),
+        return DecodeFacts(jetson=jetson, nvidia_gpu=_has_nvidia_driver(),
+                           opencv_gstreamer=_has_backend(cv2.CAP_GSTREAMER), opencv_ffmpeg=_has_backend(cv2.CAP_FFMPEG),
                            nvv4l2decoder=jetson and _gst_element("nvv4l2decoder"))
 
 

@@ -89,7 +89,8 @@ class Station:
     def __init__(self, config: StationConfig, *, on_item=None) -> None:
         self.config, self.on_item = config, on_item
         grouped = _by_bundle(config.cameras)
-        self.groups = [_Group(bundle, cams, name) for (bundle, cams), name in zip(grouped.items(), _labels(list(grouped)))]
+        labels = _labels(list(grouped))
+        self.groups = [_Group(bundle, cams, name) for (bundle, cams), name in zip(grouped.items(), labels)]
         self.shared: list = []                       # the station's outputs, closed after every group
         self.own: list = []                          # the cameras' own sinks
         self.metrics = None
@@ -173,7 +174,8 @@ class Station:
         try:
             return make()
         except (ValueError, OSError, RuntimeError, ImportError) as err:
-            raise StationFileError(f"{self.config.where(line)}{what}: {redact(escape_controls(str(err)))}", line) from err
+            message = redact(escape_controls(str(err)))
+            raise StationFileError(f"{self.config.where(line)}{what}: {message}", line) from err
 
     def _stream(self, group: _Group, sources: list) -> GroupStream:
         cfg, detector = self.config, group.detector

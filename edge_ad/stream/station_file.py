@@ -289,7 +289,8 @@ class _Reader:
         if isinstance(source, int) or source.strip().isdigit():
             index_value = int(source)
             if not 0 <= index_value <= 255:
-                self.fail(f"camera index {index_value} is out of range: 0 to 255 (/dev/videoN)", "camera", index, "source")
+                self.fail(f"camera index {index_value} is out of range: 0 to 255 (/dev/videoN)", "camera", index,
+                          "source")
             for key in ("user", "user_env", "password_env", "transport"):
                 if key in entry:
                     self.fail(f"{key} goes with a URL source, not a camera index", "camera", index, key)
@@ -402,8 +403,9 @@ class _Reader:
         videos: dict[Path, CameraConfig] = {}
         for k, camera in enumerate(cameras):
             if camera.name in seen:
-                self.fail(f"camera name {camera.name!r} is used twice (also at line {seen[camera.name].lines['name']}); "
-                          "give each camera its own name", "camera", k, "name")
+                first = seen[camera.name].lines["name"]
+                self.fail(f"camera name {camera.name!r} is used twice (also at line {first}); give each camera its "
+                          "own name", "camera", k, "name")
             seen[camera.name] = camera
             if camera.video is not None:
                 if camera.video in videos:

@@ -1,0 +1,49 @@
+"""Which graph of a bundle a backend runs, and at which arithmetic precision (`edge_ad.load(precision=)`).
+
+- None: the backend's own default: the FP32 graph on ONNX Runtime and torch, the mixed FP16 graph on
+  TensorRT, and OpenVINO's default inference-precision hint (bfloat16 on CPUs that have it: not FP32,
+  so it is recorded beside every timing).
+- "fp32": the FP32 graph computed in FP32 (OpenVINO's f32 hint).
+- "bf16", "fp16": OpenVINO's inference-precision hint on the FP32 graph (other backends refuse).
+- "int8": the bundle's Q/DQ INT8 graph (`edge-ad export --int8`, listed in meta.json's `int8`), on
+  ONNX Runtime, OpenVINO, and TensorRT's explicit quantization (unverified there).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edge_ad.bundle import BundleError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edge_ad.bundle import Bundle
+
+__all__ = ["PRECISIONS", "check_precision", "graph_for"]
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def check_precision(precision: str | None, backend: str, allowed: tuple[str, ...]) -> None:
+    """A ValueError that says what to use when `backend` cannot run `precision` (None always passes)."""
+    if precision is None:
+        return
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or left out), got {precision!r}")
+    if precision not in allowed:
+        raise ValueError(f"backend {backend!r} runs precision {' or '.join(allowed)}, not {precision!r}: leave "
+                         "precision out for its default, or pick a backend that takes it (bf16/fp16 hints: "
+                         "backend='openvino')")
+
+
+def graph_for(bundle: "Bundle", graph: str, precision: str | None) -> "Path":
+    """The file to run for the bundle's FP32 `graph` ("model.onnx", or a diffusion part's graph): its INT8
+    twin for precision "int8" (a BundleError when the bundle has none), else the FP32 graph itself."""
+    if precision != "int8":
+        return bundle.file(graph)
+    twins = bundle.meta.get("int8") or {}
+    if graph not in twins:
+        raise BundleError(f"{bundle.path} has no INT8 graph for {graph}: re-export it with `edge-ad export RUN "
+                          "--int8` (calibrated on the run's good images), or load it without precision='int8'")
+    return bundle.file(twins[graph])
