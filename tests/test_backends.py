@@ -147,7 +147,8 @@ def test_torch_cuda_fp16_graphs_at_batch_1_and_8(bundle) -> None:
             want_scores = np.array([r.score for r in want])
             scores = np.array([r.score for r in got])
             spread = max(float(np.ptp([r.crop_map for r in want])), 1e-6)
-            assert np.allclose(scores, want_scores, rtol=2e-2, atol=1e-3)
+            score_spread = max(float(np.ptp(want_scores)), 1e-6) if n > 1 else spread
+            assert np.abs(scores - want_scores).max() <= 2e-2 * score_spread + 1e-3
             for a, b in zip(got, want):
                 assert np.abs(a.crop_map - b.crop_map).max() <= 2e-2 * spread
             assert np.array_equal(scores, [r.score for r in gpu.predict(frames)])   # replay: same numbers
