@@ -14,7 +14,7 @@ from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime import BACKENDS, Detector, registry
 from edge_ad.runtime.backend import Backend, BaseBackend, LoadOptions
 from edge_ad.runtime.ddim_plan import DdimPlan
-from edge_ad.runtime.devices import tensorrt_missing
+from edge_ad.runtime.devices import gpu_present, tensorrt_missing
 from edge_ad.runtime.noise_schedules import ddim_schedule, seeded_normal
 from edge_ad.runtime.onnxruntime import open_onnxruntime
 
@@ -31,8 +31,8 @@ def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_every_listed_backend_resolves_to_a_factory() -> None:
-    assert BACKENDS == ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu",
-                        "torch-cuda", "triton")
+    assert BACKENDS == ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "openvino",
+                        "openvino-cpu", "openvino-gpu", "torch", "torch-cpu", "torch-cuda", "triton")
     for name in BACKENDS[1:]:
         entry = registry.get_backend(name)
         assert entry.name == name and callable(entry.build_factory())
@@ -44,7 +44,8 @@ def test_every_listed_backend_resolves_to_a_factory() -> None:
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is usable here: auto picks it")
 def test_auto_is_onnxruntime_without_tensorrt() -> None:
-    assert registry.resolve("auto").name == "onnxruntime"
+    cpu_openvino = registry.openvino_for_cpu() and not gpu_present()
+    assert registry.resolve("auto").name == ("openvino" if cpu_openvino else "onnxruntime")
 
 
 def test_a_new_backend_is_one_factory_and_one_registration(tiny_bundle, monkeypatch) -> None:
@@ -181,13 +182,15 @@ def _messages(bundle, blocked: tuple[str, ...], names: tuple[str, ...]) -> dict:
 
 
 def test_without_an_inference_library_each_backend_names_its_extra(tiny_bundle) -> None:
-    names = ("auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", "torch", "torch-cuda", "triton")
-    got = _messages(tiny_bundle, ("onnxruntime", "tensorrt", "torch", "tritonclient"), names)
+    names = ("auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "openvino", "openvino-gpu", "tensorrt",
+             "torch", "torch-cuda", "triton")
+    got = _messages(tiny_bundle, ("onnxruntime", "openvino", "tensorrt", "torch", "tritonclient"), names)
     assert got["auto"].startswith("BackendUnavailable: no usable inference library")
     assert "TensorRT is installed" not in got["auto"]
-    for extra in ("cpu", "gpu", "tensorrt"):
+    for extra in ("cpu", "gpu", "openvino", "tensorrt"):
         assert f'pip install "edge_ad[{extra}]"' in got["auto"] or f'"edge_ad[{extra}]"' in got["auto"]
     for name, extra in (("onnxruntime", "cpu"), ("onnxruntime-cpu", "cpu"), ("onnxruntime-cuda", "gpu"),
+                        ("openvino", "openvino"), ("openvino-gpu", "openvino"),
                         ("tensorrt", "tensorrt"), ("torch", "train"), ("torch-cuda", "train"), ("triton", "triton")):
         assert f'pip install "edge_ad[{extra}]"' in got[name], (name, got[name])
     assert got["tensorrt"].startswith("BackendUnavailable: backend 'tensorrt' needs tensorrt, which is not installed")

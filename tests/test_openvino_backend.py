@@ -222,7 +222,10 @@ def test_openvino_gpu_without_a_gpu_says_what_to_use(tiny_bundle) -> None:
 # ------------------------------------------------------------------------------------ auto and load
 
 
-@pytest.mark.skipif(tensorrt_missing() is None or gpu_present() or platform.machine().lower() not in ("x86_64", "amd64"),
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.skipif(tensorrt_missing() is None or gpu_present() or not X86,
                     reason="auto picks OpenVINO on x86-64 boxes without a CUDA GPU")
 def test_auto_is_openvino_at_fp32_here(tiny_bundle) -> None:
     entry = registry.resolve("auto")
@@ -240,3 +243,32 @@ def test_load_openvino_end_to_end_gives_a_result_with_a_heat_map(tiny_bundle) ->
     assert got.heatmap is not None and got.heatmap.shape == want.heatmap.shape == frame.shape[:2]
     assert got.score == pytest.approx(want.score, rel=1e-4, abs=1e-5)
     assert got.is_anomalous == want.is_anomalous
+
+
+def test_openvino_runs_without_torch(run_without_torch, tiny_bundle) -> None:
+    out = run_without_torch(f"""
+        import sys
+        import numpy as np
+        import edge_ad
+        det = edge_ad.load({str(tiny_bundle)!r}, "openvino")
+        r = det.predict(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+        print(det.backend.name, r.heatmap.shape, "edge_ad_export" in sys.modules)
+    """)
+    assert out.split() == ["openvino", "(90,", "120)", "False"]
+
+
+def test_auto_without_onnxruntime_is_openvino_and_without_openvino_onnxruntime(tiny_bundle) -> None:
+    """OpenVINO is auto's only choice where ONNX Runtime is missing (any CPU); without OpenVINO, auto is
+    ONNX Runtime as before. TensorRT is blocked in both: the CPU box."""
+    from fakes import python_without
+
+    code = f"""
+        import edge_ad
+        det = edge_ad.load({str(tiny_bundle)!r})
+        print(det.backend.name, getattr(det.backend, "precision", "-"))
+    """
+    if not gpu_present():
+        out = python_without(("onnxruntime", "tensorrt"), code, timeout=120)
+        assert out.returncode == 0 and out.stdout.split() == ["openvino", "fp32"], out.stderr[-2000:]
+    out = python_without(("openvino", "tensorrt"), code, timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[0] == "onnxruntime", out.stderr[-2000:]

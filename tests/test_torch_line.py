@@ -214,7 +214,7 @@ def test_a_bundle_runs_on_onnxruntime_without_torch(tiny_bundle) -> None:
         import numpy as np
         import edge_ad
         from edge_ad.runtime import BACKENDS
-        det = edge_ad.load({str(tiny_bundle)!r})
+        det = edge_ad.load({str(tiny_bundle)!r}, backend="onnxruntime")
         frames = [np.random.default_rng(i).integers(0, 256, (90, 120, 3), dtype=np.uint8) for i in range(3)]
         results = det.predict(frames)
         streamed = [item.result.score for item in det.stream([frames], batch=1)]

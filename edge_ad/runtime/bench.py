@@ -34,11 +34,12 @@ from edge_ad.imaging import IMAGE_SUFFIXES, read_image
 from edge_ad.runtime.detector import Detector
 from edge_ad.runtime.devices import gpu_present, kernels, tensorrt_missing
 from edge_ad.runtime.papers import vs_paper
+from edge_ad.runtime.precision import PRECISIONS
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.runtime.registry import BackendUnavailable, backend_names, get_backend, resolve
 
 __all__ = ["BenchConfig", "REFERENCE", "check_json_path", "default_backends", "environment", "format_report", "measure",
-           "parse_backends", "parse_batches", "problems", "run", "time_call", "write_json"]
+           "parse_backends", "parse_batches", "split_spec", "problems", "run", "time_call", "write_json"]
 
 FRAME = (480, 640)              # a camera's frame, H x W, BGR
 PARITY_FRAMES = 8
@@ -189,15 +190,25 @@ def default_backends() -> list[str]:
     return [e.name for e in entries if e.device != "auto" or e.factory not in fixed]
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """"onnxruntime-cpu:int8" -> ("onnxruntime-cpu", "int8"); a name alone -> (name, None): the backend's default."""
+    name, _, precision = spec.partition(":")
+    return name.strip(), (precision.strip() or None)
+
+
 def parse_backends(text: str) -> list[str]:
-    """--backends: comma-separated registered names (checked), in order, without repeats."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
+    """--backends: comma-separated registered names (checked), each optionally with a precision
+    (`name:fp32|bf16|fp16|int8`, edge_ad.runtime.precision), in order, without repeats."""
+    specs = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not specs:
         raise ValueError(f"--backends {text!r}: name at least one of {', '.join(backend_names())}")
-    for name in names:
+    for spec in specs:
+        name, precision = split_spec(spec)
         if name != "auto":
             get_backend(name)               # ValueError listing the choices
-    return names
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"--backends {spec!r}: the precision after ':' must be one of {', '.join(PRECISIONS)}")
+    return specs
 
 
 def parse_batches(text: str) -> list[int]:
@@ -211,12 +222,13 @@ def parse_batches(text: str) -> list[int]:
     return list(dict.fromkeys(batches))
 
 
-def open_backend(name: str, config: BenchConfig) -> tuple[Detector | None, str]:
-    """(detector, name) of a backend that can run here, or (None, why not)."""
-    if name == "triton" and not config.triton_url:
+def open_backend(spec: str, config: BenchConfig) -> tuple[Detector | None, str]:
+    """(detector, its row label) of a backend spec ("name[:precision]") that can run here, or (None, why not)."""
+    requested, precision = split_spec(spec)
+    if requested == "triton" and not config.triton_url:
         return None, "no Triton server named: give --triton-url HOST:PORT"
     try:
-        entry = resolve(name)
+        entry = resolve(requested)
     except BackendUnavailable as err:
         return None, str(err)
     if entry.name == "tensorrt" and tensorrt_missing():
@@ -224,14 +236,24 @@ def open_backend(name: str, config: BenchConfig) -> tuple[Detector | None, str]:
     if entry.device == "cuda" and not gpu_present():
         return None, "no CUDA GPU here"
     profile = (1, 1, max(8, *config.batches))
+    precision = precision or entry.precision          # "auto" fixes one (OpenVINO's f32 hint)
+    label = entry.name + (f":{precision}" if precision else "")
     try:
-        return edge_ad.load(config.bundle, backend=entry.name, batch=profile, triton_url=config.triton_url), entry.name
+        return edge_ad.load(config.bundle, backend=entry.name, batch=profile, triton_url=config.triton_url,
+                            precision=precision), label
     except (BackendUnavailable, RuntimeError, ValueError, OSError, ImportError) as err:
         return None, f"cannot run here: {err}"
 
 
-def precision_of(name: str, detector: Detector) -> str:
-    """The arithmetic a backend runs in: TensorRT's engines are FP16, torch on CUDA autocasts to FP16."""
+def precision_of(label: str, detector: Detector) -> str:
+    """The arithmetic a backend runs in: what the backend reports (OpenVINO's resolved hint), else what
+    was asked for, else its default: TensorRT's engines are FP16, torch on CUDA autocasts to FP16."""
+    name, asked = split_spec(label)
+    reported = getattr(detector.backend, "precision", None)
+    if isinstance(reported, str):
+        return reported
+    if asked:
+        return asked
     if name.startswith("torch") and detector.backend.device_heatmap:
         return "fp16 (autocast)"
     return PRECISION.get(name, "fp32")
@@ -260,7 +282,7 @@ def run(config: BenchConfig, *, echo: Callable[[str], None] = lambda line: None)
     reference = Reference(bundle.path, seeded_images(max(PARITY_FRAMES, *config.batches), *geometry.crop,
                                                      config.seed + 2))
     report: dict = {"bundle": str(bundle.path), "model": bundle.model_name, "rows": [], "skipped": {},
-                    "failed": {}, "accuracy": {}, "data": str(config.data) if config.data else None,
+                    "failed": {}, "accuracy": {}, "resolved": {}, "data": str(config.data) if config.data else None,
                     "iters": config.iters, "warmup": config.warmup, "reference": reference.missing or REFERENCE}
     try:
         for requested in names:
@@ -269,6 +291,7 @@ def run(config: BenchConfig, *, echo: Callable[[str], None] = lambda line: None)
                 report["skipped"][requested] = name
                 echo(f"{requested}: skipped ({name})")
                 continue
+            report["resolved"][requested] = name          # "auto" -> the backend and precision it chose
             try:
                 with detector:
                     report["rows"] += bench_backend(name, detector, config, reference)
@@ -302,13 +325,13 @@ def problems(report: dict, explicit: list[str] | None = None) -> list[str]:
 def format_report(report: dict) -> str:
     """The table a user reads: one line per backend and batch, then what was skipped and the accuracy."""
     lines = [f"edge-ad bench: {report['model']} ({report['bundle']}); parity vs {report['reference']}",
-             f"{'backend':17s} {'precision':15s} {'batch':>5s} {'model FPS':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
+             f"{'backend':21s} {'precision':15s} {'batch':>5s} {'model FPS':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
              f"{'e2e FPS':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'diff/spread':>11s} {'order':>5s}  vs paper"]
     for r in report["rows"]:
         m, e, p = r["model"], r["e2e"], r["parity"]
         diff = "-" if p.get("diff_over_spread") is None else f"{p['diff_over_spread']:.1e}"
         order = ("same" if p["same_order"] else "DIFF") if "same_order" in p else "-"
-        lines.append(f"{r['backend']:17s} {r['precision']:15s} {r['batch']:5d} {m['fps']:10.1f} {m['p50_ms']:8.2f} "
+        lines.append(f"{r['backend']:21s} {r['precision']:15s} {r['batch']:5d} {m['fps']:10.1f} {m['p50_ms']:8.2f} "
                      f"{m['p99_ms']:8.2f} {e['fps']:8.1f} {e['p50_ms']:8.2f} {e['p99_ms']:8.2f} {diff:>11s} "
                      f"{order:>5s}  {_paper_text(r['vs_paper'])}")
     lines += [f"skipped {name}: {why}" for name, why in report["skipped"].items()]
@@ -335,7 +358,7 @@ def _paper_text(paper: dict | None) -> str:
 DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
                  "opencv": ("opencv-python", "opencv-python-headless", "opencv-contrib-python"),
                  "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")}
-PACKAGES = ("edge_ad", "numpy", "onnxruntime", "opencv", "tensorrt", "torch", "tritonclient")
+PACKAGES = ("edge_ad", "numpy", "onnxruntime", "openvino", "opencv", "tensorrt", "torch", "tritonclient")
 
 
 def package_version(name: str) -> str | None:

@@ -49,6 +49,9 @@ class Detector:
         self.calibrated_threshold, self.calibrated_norm, self.pixel_threshold, self.pixel_norm = _calibration(bundle)
         self.set_threshold()
         self.view_warning = True           # log once when a view differs from the calibration's (calibrate: off)
+        # The CPU heat-map kernel's threads: 1, since the inference library owns the cores while a frame runs
+        # (benchmarks/cpu_threads.py measures the alternatives).
+        self.heatmap_threads = 1
         if not isinstance(backend, Backend):
             raise TypeError(f"a Detector's backend must implement edge_ad.runtime.backend.Backend (name, max_batch, "
                             f"device_heatmap, infer, infer_heatmap, close; subclass BaseBackend for the defaults), "
@@ -199,7 +202,7 @@ class Detector:
         return (out if maps else None), scores, _non_finite_rows(scores, out, raw)
 
     def _cpu_heatmap(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.heatmap_spec.apply(np.asarray(raw), threads=1)
+        return self.heatmap_spec.apply(np.asarray(raw), threads=self.heatmap_threads)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend alone: prepared uint8 N x H x W x 3 -> raw maps N x 1 x h x w."""

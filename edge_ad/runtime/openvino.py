@@ -13,7 +13,7 @@ Q/DQ INT8 graph, its float parts with the f32 hint (as ONNX Runtime runs them).
 
 Compiled with PERFORMANCE_HINT "LATENCY": one synchronous request, the frames of a line one batch at
 a time, on all cores (docs/openvino.md has the measurement against "THROUGHPUT"). No model cache:
-compiling the demo SimpleNet takes ~0.07 s on the CPU (measured, docs/openvino.md).
+compiling the demo SimpleNet takes 0.07 s on the CPU (measured, docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def read_graph(path: Path):
     if model is not None:                   # protobuf reads stray bytes as an empty model
         detail = "it holds no graph (no inputs or outputs)"
     raise BundleError(f"OpenVINO {ov.__version__.split('-')[0]} cannot load {path}: {detail}. The file is "
-                          "damaged, not an ONNX model, or needs a newer OpenVINO: copy the bundle again, re-export "
-                          "it, upgrade openvino, or use backend='onnxruntime'") from None
+                      "damaged, not an ONNX model, or needs a newer OpenVINO: copy the bundle again, re-export it, "
+                      "upgrade openvino, or use backend='onnxruntime'") from None
 
 
 def device_name(core, device: str) -> str:

@@ -8,8 +8,8 @@ An alias ("onnxruntime-cpu", "torch-cuda") is the same factory with the device f
 
 `resolve("auto")`: TensorRT when it imports and a CUDA GPU is present; else, with a CUDA GPU, ONNX Runtime
 (on CUDA when its CUDA provider works); else, on the CPU, OpenVINO with its f32 hint where it is installed
-and the CPU is x86-64 (`openvino_for_cpu` says why), else ONNX Runtime. A backend whose library is not installed is refused with
-the `pip install "edge_ad[extra]"` that brings it.
+and the CPU is x86-64 (`openvino_for_cpu` says why), else ONNX Runtime. A backend whose library is not
+installed is refused with the `pip install "edge_ad[extra]"` that brings it.
 """
 
 from __future__ import annotations

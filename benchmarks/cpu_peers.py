@@ -1,0 +1,151 @@
+"""edge_ad on the CPU against the tools a user would pick instead: one table, one run, one machine.
+
+    python benchmarks/cpu_peers.py --json benchmarks/results/cpu-peers.json             # train, export, measure
+    python benchmarks/cpu_peers.py --phase train                                         # the runs only
+    python benchmarks/cpu_peers.py --models simplenet --phase measure --json ...         # re-measure one
+
+For every model: one trained run per synthetic category (UniAD: one for all, its paper's unified
+setting; SPR and DiffAD: the texture `weave`, as in benchmarks/accuracy.py), exported with its INT8
+graph (`edge-ad export --int8`, calibrated on the run's good images). Then, on the first category's
+bundle, every configuration below through `edge-ad bench` (edge_ad.runtime.bench: the same timing
+code, model-only = a prepared batch -> image scores, e2e = 640 x 480 BGR frames -> Results), and the
+image AUROC of each on every category's test split:
+
+- torch-cpu: the checkpoint in PyTorch, eager FP32 (the training side's backend);
+- onnxruntime-cpu: edge_ad's ONNX Runtime session on the FP32 graph; `:int8` on the Q/DQ graph;
+- openvino-cpu: `:fp32` (f32 inference-precision hint), its default hint (bfloat16 on CPUs that have
+  it: recorded in each row's "precision"), `:int8` on the Q/DQ graph;
+- auto: what `edge_ad.load(bundle)` picks on this box (edge_ad's default CPU path).
+
+Training budgets are shortened to fit one session (`BUDGETS`, recorded per model): the table compares
+configurations of the same trained model, and its AUROC column is the accuracy each configuration
+keeps, not the best each model reaches (benchmarks/results/accuracy-synthetic.json has those).
+SimpleNet runs at its paper's 288 px, the size the issue's goals name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import environment, read_results, write_json
+
+CATEGORIES = ("weave", "washer", "conveyor")
+SPECS = ("torch-cpu", "onnxruntime-cpu", "onnxruntime-cpu:int8", "openvino-cpu:fp32", "openvino-cpu",
+         "openvino-cpu:int8", "auto")
+# (categories, TrainConfig fields): shortened CPU budgets, see the docstring.
+BUDGETS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "simplenet": (CATEGORIES, {"epochs": 15, "model_kwargs": {"image_size": 288, "resize_size": 329}}),
+    "mkd": (CATEGORIES, {}),
+    "uniad": (CATEGORIES, {"epochs": 20}),
+    "spr": (("weave",), {"epochs": 20}),
+    "diffad": (("weave",), {"epochs": {"autoencoder": 10, "denoiser": 60, "segmentation": 20}}),
+}
+UNIFIED = {"uniad"}
+
+
+def runs_of(name: str, folders: dict[str, Path], work: Path) -> dict[str, Path]:
+    """category -> the run that scores it (UniAD: the same unified run for all)."""
+    cats, _ = BUDGETS[name]
+    if name in UNIFIED:
+        return {c: work / name / "unified" for c in cats}
+    return {c: work / name / c for c in cats}
+
+
+def train_model(name: str, folders: dict[str, Path], work: Path) -> dict:
+    """Train the model's runs that are not there yet; returns {run: seconds} of those trained now."""
+    from edge_ad.training.run import TrainConfig, train
+
+    cats, fields = BUDGETS[name]
+    groups = [list(cats)] if name in UNIFIED else [[c] for c in cats]
+    seconds = {}
+    for group in groups:
+        run = runs_of(name, folders, work)[group[0]]
+        if (run / "run.json").is_file():
+            continue
+        start = time.perf_counter()
+        train(TrainConfig(data=[str(folders[c]) for c in group], out=str(run), model=name, budget="cpu",
+                          overwrite=True, **fields))
+        seconds[run.name] = round(time.perf_counter() - start, 1)
+        print(f"{name}: trained {run} in {seconds[run.name]:.0f} s", flush=True)
+    return seconds
+
+
+def export_bundles(name: str, folders: dict[str, Path], work: Path) -> dict[str, Path]:
+    """category -> its bundle with the INT8 graph (exported once per run)."""
+    from edge_ad_export.exporter import export_run
+
+    bundles = {}
+    for cat, run in runs_of(name, folders, work).items():
+        out = run.parent / f"{run.name}.bundle"
+        if not (out / "meta.json").is_file():
+            export_run(run, out, overwrite=True, int8=True)
+        bundles[cat] = out
+    return bundles
+
+
+def auroc_of(spec: str, bundle: Path, category: Path) -> float | None:
+    """Image AUROC of one configuration on one category's test split; None where it cannot run here."""
+    from edge_ad.bundle import read_bundle
+    from edge_ad.runtime.bench import BenchConfig, accuracy, open_backend, read_test_split
+    from edge_ad.runtime.preprocess import Geometry
+
+    geometry = Geometry.from_dict(read_bundle(bundle).meta["geometry"])
+    detector, _ = open_backend(spec, BenchConfig(bundle=bundle, batches=[8]))
+    if detector is None:
+        return None
+    with detector:
+        return accuracy(detector, *read_test_split(category, geometry), 8)["image_auroc"]
+
+
+def measure_model(name: str, folders: dict[str, Path], work: Path, iters: int) -> dict:
+    """Timing rows on the first category's bundle, and every configuration's AUROC on every category."""
+    from edge_ad.runtime.bench import BenchConfig, run
+
+    bundles = export_bundles(name, folders, work)
+    first = next(iter(bundles))
+    report = run(BenchConfig(bundle=bundles[first], backends=list(SPECS), batches=[1, 8], iters=iters, warmup=5),
+                 echo=lambda line: print(f"  {name} {line}", flush=True))
+    auto = report["resolved"].get("auto")
+    for row in report["rows"]:
+        row["is_auto"] = row["backend"] == auto
+        row["image_auroc"] = {c: auroc_of(row["backend"], bundles[c], folders[c]) for c in bundles}
+        values = [v for v in row["image_auroc"].values() if v is not None]
+        row["image_auroc_mean"] = sum(values) / len(values) if values else None
+    cats, fields = BUDGETS[name]
+    return {"rows": report["rows"], "auto": auto, "skipped": report["skipped"], "failed": report["failed"],
+            "budget": {"categories": list(cats), "unified": name in UNIFIED, "budget": "cpu", **fields},
+            "bundle": str(bundles[first])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(BUDGETS))
+    parser.add_argument("--phase", choices=("train", "measure", "all"), default="all")
+    parser.add_argument("--work", default="runs/cpu-peers", help="data, runs and bundles go here (reused)")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--json", help="{model: {rows, budget, ...}}: the models measured replace their entries")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from edge_ad.data.synthetic import Counts, make_category
+
+    results = read_results(args.json) if args.json else {}
+    work = Path(args.work)
+    folders = {c: Path(make_category(work / "data", c, counts=Counts(train=40, test_good=15, test_per_defect=6),
+                                     seed=0)) for c in CATEGORIES}
+    for name in args.models.split(","):
+        seconds = train_model(name, folders, work)
+        if args.phase == "train":
+            continue
+        results[name] = {**measure_model(name, folders, work, args.iters), "train_seconds_now": seconds}
+        results["environment"] = environment(("edge_ad", "torch", "onnxruntime", "openvino", "numpy"))
+        if args.json:
+            write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
