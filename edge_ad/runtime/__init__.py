@@ -1,16 +1,18 @@
 """The runtime: load a bundle and run it, with no PyTorch on this path (the torch backend aside).
 
 backend="auto": TensorRT when it imports and a CUDA GPU is present, else ONNX Runtime with the CUDA
-provider when it works, else ONNX Runtime on the CPU. Or name one (edge_ad.runtime.registry holds them):
+provider when it works, else OpenVINO (f32 hint) on an x86-64 CPU where it is installed, else ONNX Runtime
+on the CPU (registry.openvino_for_cpu has the measurement). Or name one (edge_ad.runtime.registry holds them):
 
 - "tensorrt": the bundle's FP16 engine for this GPU (built on first use; unverified, see tensorrt.py);
 - "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda";
+- "openvino", "openvino-cpu", "openvino-gpu" (an Intel GPU; unverified): the `openvino` extra;
 - "torch", "torch-cpu", "torch-cuda": the bundle's checkpoint in PyTorch (needs torch, the `train` extra;
   on CUDA with FP16 autocast and CUDA graphs): the reference TensorRT is compared with, and the fallback;
 - "triton": a Triton Inference Server holding the bundle's model repository (`triton_url=`).
 
 A backend whose library is missing is refused with the extra that installs it: `cpu` (onnxruntime),
-`gpu` (onnxruntime-gpu), `tensorrt` (TensorRT + cuda-python), `train` (torch), `triton`.
+`gpu` (onnxruntime-gpu), `openvino`, `tensorrt` (TensorRT + cuda-python), `train` (torch), `triton`.
 """
 
 from __future__ import annotations
