@@ -44,7 +44,7 @@ def test_overflowing_nodes_stay_fp32_and_io_types_are_kept(loud) -> None:
     folder, feeds = loud
     report = write_fp16(folder, "model.onnx", feeds)
     assert report["fp32_islands"], "the x 3e5 layer must be kept in FP32"
-    assert all("reaches" in why or "squares" in why for why in report["fp32_islands"].values())
+    assert all(why.startswith(("output", "squares", "reads")) for why in report["fp32_islands"].values())
     half = onnx.load(str(folder / fp16_name("model.onnx")))
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -165,3 +165,26 @@ def test_autocast_in_another_interpreter_writes_the_same_graph(loud, monkeypatch
     monkeypatch.setenv(MODELOPT_PYTHON, str(folder / "no-such-python"))
     with pytest.raises(RuntimeError, match="cannot be run"):
         write_fp16(folder, "model.onnx", feeds, tool="autocast")
+
+
+class Shrinks(nn.Module):
+    """A layer past FP16 (x 1e7, as a trained MKD's distances reach 2e7), whose reader brings it back down
+    (a square root): the reader's own output is small, but it reads a value FP16 cannot hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.permute(0, 3, 1, 2).float() / 255.0)
+        return torch.sqrt(y * y * 1e7 + 1.0).mean(dim=1, keepdim=True)
+
+
+def test_a_node_that_reads_past_fp16_stays_fp32_even_when_its_output_is_small(tmp_path) -> None:
+    images = np.random.default_rng(3).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    feeds = _export(Shrinks(), tmp_path, images)
+    report = write_fp16(tmp_path, "model.onnx", feeds, ranks=False)
+    reasons = report["fp32_islands"].values()
+    assert any(r.startswith("reads ") for r in reasons), report["fp32_islands"]
+    assert report["fp16_overflow"] == {} and report["check"]["finite"]

@@ -101,12 +101,18 @@ def tensor_ranges(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[
 
 
 def fp32_islands(model: onnx.ModelProto, ranges: dict[str, float], data_max: float = DATA_MAX) -> dict[str, str]:
-    """Node name -> why it stays FP32 (outputs or squared inputs beyond `data_max`)."""
+    """Node name -> why it stays FP32: outputs, inputs, or squared inputs beyond `data_max`. A node that
+    reads a tensor beyond it must stay FP32 even where its own output is small (a normalization or a
+    mean of a large FP32 island's output): in FP16 the converter's cast in front of it would be inf.
+    Shape/Size read no values and are left out."""
     islands = {}
     for node in model.graph.node:
         big = [o for o in node.output if ranges.get(o, 0.0) > data_max]
+        reads = [i for i in node.input if ranges.get(i, 0.0) > data_max] if node.op_type not in SHAPE_ONLY else []
         if big:
             islands[node.name] = f"output {big[0]} reaches {ranges[big[0]]:.3g}"
+        elif reads:
+            islands[node.name] = f"reads {reads[0]} of max {ranges[reads[0]]:.3g}"
         elif node.op_type in SQUARING_OPS and node.input and ranges.get(node.input[0], 0.0) ** 2 > data_max:
             islands[node.name] = f"squares input {node.input[0]} of max {ranges[node.input[0]]:.3g}"
     return islands
