@@ -139,6 +139,16 @@ def test_bench_runs_without_torch(run_without_torch, tiny_bundle, tmp_path) -> N
     """)
     assert "exit 0" in printed
     report = json.loads(out.read_text())
-    assert [r["backend"] for r in report["rows"]] == ["onnxruntime-cpu"]
+    assert [r["backend"] for r in report["rows"] if r["backend"] != "openvino-cpu"] == ["onnxruntime-cpu"]
     assert "torch" in report["skipped"]["torch-cpu"] and "train" in report["skipped"]["torch-cpu"]
     assert report["environment"]["versions"]["onnxruntime"]
+
+
+def test_a_precision_the_bundle_has_no_graph_for_is_skipped_not_relabelled(tiny_bundle, tmp_path) -> None:
+    """`:int8` on a bundle exported without --int8 must not time the FP32 graph under the INT8 label."""
+    out = tmp_path / "i.json"
+    bench(str(tiny_bundle), "--backends", "onnxruntime-cpu:int8,torch-cpu:int8", "--batches", "1", "--iters", "1",
+          "--warmup", "0", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["rows"] == []
+    assert "--int8" in report["skipped"]["onnxruntime-cpu:int8"] and "not 'int8'" in report["skipped"]["torch-cpu:int8"]

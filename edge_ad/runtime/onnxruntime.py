@@ -20,6 +20,7 @@ from edge_ad.runtime.ddim_plan import DdimPlan
 from edge_ad.runtime.devices import gpu_present
 from edge_ad.runtime.inputs import seeded_inputs
 from edge_ad.runtime.latent_ddim import PARTS, DdimPipeline, session_runner
+from edge_ad.runtime.precision import check_precision, graph_for
 
 __all__ = ["LatentDdimBackend", "OrtBackend", "check_image_input", "gpu_present", "open_onnxruntime", "ort_session"]
 
@@ -129,11 +130,13 @@ class LatentDdimBackend(BaseBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, plan: DdimPlan, *, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, plan: DdimPlan, *, device: str = "auto", threads: int | None = None,
+                 precision: str | None = None) -> None:
         graphs = bundle.meta["pipeline"]["graphs"]
         self.sessions = {}
         for part in PARTS:
-            self.sessions[part], self.device = ort_session(bundle.file(graphs[part]), device=device, threads=threads)
+            self.sessions[part], self.device = ort_session(_part_graph(bundle, graphs[part], precision), device=device,
+                                                           threads=threads)
         self.pipeline = DdimPipeline({p: session_runner(s) for p, s in self.sessions.items()}, plan=plan)
 
     @property
@@ -148,11 +151,23 @@ class LatentDdimBackend(BaseBackend):
         return self.pipeline.infer(batch)
 
 
+def _part_graph(bundle: Bundle, graph: str, precision: str | None) -> Path:
+    """A diffusion part's graph: its INT8 twin where the bundle quantized that part, else FP32 (parts that
+    do not pay for INT8 are left FP32 by the export)."""
+    if precision == "int8" and graph not in (bundle.meta.get("int8") or {}):
+        if not bundle.meta.get("int8"):
+            return graph_for(bundle, graph, precision)          # no INT8 graph at all: the BundleError with the hint
+        return bundle.file(graph)
+    return graph_for(bundle, graph, precision)
+
+
 def open_onnxruntime(bundle: Bundle, options: LoadOptions) -> BaseBackend:
     """The registry's factory: the DDIM pipeline for a diffusion bundle, else the bundle's one graph with
     its seeded noise inputs."""
+    check_precision(options.precision, "onnxruntime", ("fp32", "int8"))
     if options.plan is not None:
-        return LatentDdimBackend(bundle, options.plan, device=options.device, threads=options.threads)
+        return LatentDdimBackend(bundle, options.plan, device=options.device, threads=options.threads,
+                                 precision=options.precision)
     feeds = seeded_inputs(bundle.meta.get("graph_inputs", {}), options.seed)
-    return OrtBackend(bundle.file("model.onnx"), device=options.device, threads=options.threads, feeds=feeds,
+    return OrtBackend(graph_for(bundle, "model.onnx", options.precision), device=options.device, threads=options.threads, feeds=feeds,
                       input_hw=(bundle.meta["input"]["height"], bundle.meta["input"]["width"]))

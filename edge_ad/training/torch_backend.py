@@ -240,6 +240,10 @@ def _load_weights(torch, path: Path) -> dict:
 
 def open_torch(bundle: Bundle, options: LoadOptions) -> TorchBackend:
     """The runtime registry's factory ("edge_ad.training.torch_backend:open_torch"): the checkpoint on
-    `options.device`, a diffusion bundle with the plan resolved at load."""
+    `options.device`, a diffusion bundle with the plan resolved at load. Runs the checkpoint in FP32
+    (FP16 autocast on CUDA): an INT8 graph or an OpenVINO hint is refused."""
+    from edge_ad.runtime.precision import check_precision
+
+    check_precision(options.precision, "torch", ("fp32",))
     return TorchBackend(bundle, device=options.device, seed=options.seed, cuda_graph=options.cuda_graph,
                         plan=options.plan)
