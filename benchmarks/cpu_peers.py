@@ -74,17 +74,26 @@ def train_model(name: str, folders: dict[str, Path], work: Path) -> dict:
     return seconds
 
 
-def export_bundles(name: str, folders: dict[str, Path], work: Path) -> dict[str, Path]:
-    """category -> its bundle with the INT8 graph (exported once per run)."""
+def export_bundles(name: str, folders: dict[str, Path], work: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """(category -> its bundle, with the INT8 graph where the export's check accepts one; category -> why
+    the INT8 graph was refused). Each run is exported once."""
     from edge_ad_export.exporter import export_run
+    from edge_ad_export.parity import ParityError
 
-    bundles = {}
+    bundles, refused = {}, {}
     for cat, run in runs_of(name, folders, work).items():
         out = run.parent / f"{run.name}.bundle"
+        note = out.parent / f"{out.name}.int8-refused.txt"
         if not (out / "meta.json").is_file():
-            export_run(run, out, overwrite=True, int8=True)
+            try:
+                export_run(run, out, overwrite=True, int8=True)
+            except (ParityError, ValueError) as err:      # verdicts changed, or a diffusion pipeline
+                note.write_text(str(err))
+                export_run(run, out, overwrite=True)
+        if note.is_file():
+            refused[cat] = note.read_text()
         bundles[cat] = out
-    return bundles
+    return bundles, refused
 
 
 def auroc_of(spec: str, bundle: Path, category: Path) -> float | None:
@@ -105,7 +114,7 @@ def measure_model(name: str, folders: dict[str, Path], work: Path, iters: int) -
     """Timing rows on the first category's bundle, and every configuration's AUROC on every category."""
     from edge_ad.runtime.bench import BenchConfig, run
 
-    bundles = export_bundles(name, folders, work)
+    bundles, refused = export_bundles(name, folders, work)
     first = next(iter(bundles))
     report = run(BenchConfig(bundle=bundles[first], backends=list(SPECS), batches=[1, 8], iters=iters, warmup=5),
                  echo=lambda line: print(f"  {name} {line}", flush=True))
@@ -116,9 +125,32 @@ def measure_model(name: str, folders: dict[str, Path], work: Path, iters: int) -
         values = [v for v in row["image_auroc"].values() if v is not None]
         row["image_auroc_mean"] = sum(values) / len(values) if values else None
     cats, fields = BUDGETS[name]
-    return {"rows": report["rows"], "auto": auto, "skipped": report["skipped"], "failed": report["failed"],
+    return {"rows": report["rows"], "auto": auto, "int8_refused": refused, "skipped": report["skipped"], "failed": report["failed"],
             "budget": {"categories": list(cats), "unified": name in UNIFIED, "budget": "cpu", **fields},
             "bundle": str(bundles[first])}
+
+
+def markdown(results: dict) -> str:
+    """The README's table: one line per model and configuration, batch 1 and 8."""
+    lines = ["| model | configuration | precision | model-only FPS b1 / b8 | e2e FPS b1 / b8 | p50 / p99 ms b1 | "
+             "image AUROC |", "|---|---|---|---|---|---|---|"]
+    for name, entry in results.items():
+        if name == "environment":
+            continue
+        by = {}
+        for row in entry["rows"]:
+            by.setdefault(row["backend"], {})[row["batch"]] = row
+        for label, rows in by.items():
+            one, eight = rows.get(1), rows.get(8)
+            auto = " (auto)" if one and one.get("is_auto") else ""
+            fps = lambda mode: " / ".join(f"{r[mode]['fps']:.1f}" if r else "-" for r in (one, eight))  # noqa: E731
+            auroc = one.get("image_auroc_mean") if one else None
+            lines.append(f"| {name} | {label}{auto} | {one['precision'] if one else '-'} | {fps('model')} | "
+                         f"{fps('e2e')} | {one['model']['p50_ms']:.2f} / {one['model']['p99_ms']:.2f} | "
+                         f"{'-' if auroc is None else f'{auroc:.4f}'} |")
+        for label, why in entry.get("skipped", {}).items():
+            lines.append(f"| {name} | {label} | - | skipped: {why[:80]} | | | |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/cpu-peers", help="data, runs and bundles go here (reused)")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--json", help="{model: {rows, budget, ...}}: the models measured replace their entries")
+    parser.add_argument("--table", action="store_true", help="print the README table of --json and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(read_results(args.json)))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from edge_ad.data.synthetic import Counts, make_category
 

@@ -967,12 +967,13 @@ def _check_graphs(s: _Schema, meta: dict, files: dict) -> None:
         s.fail("files", "does not list model.onnx, the graph a runtime opens, so no checksum covers it")
     elif kind == "latent_ddim":
         _check_ddim(s, pipeline, files)
-    fp16 = s.obj(meta.get("fp16"), "fp16", optional=True)
-    for graph, half in fp16.items():
-        s.text(graph, "fp16 (a key)", GRAPH, "an .onnx file name")
-        s.text(half, f"fp16[{graph!r}]", GRAPH, "an .onnx file name")
-        _listed(s, graph, "fp16 (a key)", files)
-        _listed(s, half, f"fp16[{graph!r}]", files)
+    for key in ("fp16", "int8"):               # each graph's twin: FP16 for TensorRT, Q/DQ INT8 (--int8)
+        twins = s.obj(meta.get(key), key, optional=True)
+        for graph, twin in twins.items():
+            s.text(graph, f"{key} (a key)", GRAPH, "an .onnx file name")
+            s.text(twin, f"{key}[{graph!r}]", GRAPH, "an .onnx file name")
+            _listed(s, graph, f"{key} (a key)", files)
+            _listed(s, twin, f"{key}[{graph!r}]", files)
 
 
 def _check_ddim(s: _Schema, p: dict, files: dict) -> None:

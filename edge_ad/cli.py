@@ -248,7 +248,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     job = PredictJob.plan(args.paths, args.out, overwrite=args.overwrite)   # bad paths fail before loading
     operating = {k: getattr(args, k) for k in ("threshold", "sensitivity") if getattr(args, k) is not None}
-    with edge_ad.load(args.bundle, backend=args.backend, **operating) as detector:
+    with edge_ad.load(args.bundle, backend=args.backend, precision=args.precision, **operating) as detector:
         view = {"roi": args.roi, "tiles": args.tiles, "overlap": args.overlap}
         summary = job.run(detector, batch=args.batch, max_pixels=args.max_pixels, view=view,
                           echo=lambda line: print(f"edge-ad predict: {_shown(line)}", file=sys.stderr, flush=True))
@@ -259,6 +259,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _predict_parser(sub) -> None:
     """The `predict` subcommand's arguments."""
     from edge_ad.runtime import BACKENDS
+    from edge_ad.runtime.precision import PRECISIONS
 
     predict = sub.add_parser("predict", help="run a bundle on image files, folders and globs: overlays + results.csv",
                              epilog=f"folders are read recursively (hidden folders skipped); a quoted glob is expanded "
@@ -271,6 +272,8 @@ def _predict_parser(sub) -> None:
                          help="folder for overlays/, results.csv and results.jsonl")
     predict.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     predict.add_argument("--backend", default="auto", choices=BACKENDS)
+    predict.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="fp32, bf16/fp16 (OpenVINO's hint) or int8 (the bundle\'s --int8 graph); default: the backend\'s own")
     predict.add_argument("--batch", type=int_range(1, 1024), default=None,
                          help="images per inference (default: the backend's largest, else 8)")
     predict.add_argument("--max-pixels", type=int_range(1), default=None,
@@ -361,7 +364,7 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out} is the run folder itself; write the bundle to another folder")
         from edge_ad_export.exporter import export_run
 
-        bundle = export_run(source, args.out, overwrite=args.overwrite)
+        bundle = export_run(source, args.out, overwrite=args.overwrite, int8=args.int8, fp16_tool=args.fp16_tool)
         print(f"bundle: {bundle.path} ({', '.join(bundle.meta['files'])})")
     if args.engine:
         from edge_ad.runtime.engine_builder import build_bundle_engines, parse_batches
@@ -447,7 +450,7 @@ def _stream(args: argparse.Namespace) -> int:
     sources = sources_with_settings(args, policy)      # a bad --camera count or decode fails before loading
     detector = edge_ad.load(args.bundle, backend=args.backend, steps=args.steps, seed=args.noise_seed,
                             triton_url=args.triton_url, batch=_engine_profile(args), threshold=args.threshold,
-                            sensitivity=args.sensitivity)
+                            sensitivity=args.sensitivity, precision=args.precision)
     if isinstance(getattr(detector.backend, "reconnect", None), Reconnect):
         detector.backend.reconnect = policy       # a remote backend (Triton) is retried like the cameras
     options = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
@@ -714,6 +717,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _stream_arguments(stream: argparse.ArgumentParser) -> None:
     from edge_ad.runtime import BACKENDS
+    from edge_ad.runtime.precision import PRECISIONS
 
     stream.add_argument("bundle", nargs="?", help="the bundle (not with --config)")
     stream.add_argument("--source", action="append", type=source, default=None,
@@ -732,6 +736,8 @@ def _stream_arguments(stream: argparse.ArgumentParser) -> None:
                         help="H.264/H.265 decoder: software (default), auto (NVIDIA's where present, else software), "
                              "hardware (NVIDIA's or an error); unverified on Jetson and NVIDIA GPUs: docs/cameras.md")
     stream.add_argument("--backend", default="auto", choices=BACKENDS)
+    stream.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="fp32, bf16/fp16 (OpenVINO's hint) or int8 (the bundle\'s --int8 graph); default: the backend\'s own")
     stream.add_argument("--triton-url", default=None, type=host_port,
                         help="host:port of a Triton server (--backend triton)")
     stream.add_argument("--batch", type=int_range(1, 1024), default=None,
@@ -884,6 +890,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a training run (with --out) or an existing bundle")
     export.add_argument("--out", type=nonempty, help="bundle folder to write from a run")
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--int8", action="store_true",
+                        help="add a Q/DQ INT8 graph (model.int8.onnx), calibrated on the run's good images; refused "
+                             "if it changes a verdict (single-graph models; run it with --precision int8)")
+    export.add_argument("--fp16-tool", choices=("converter", "autocast"), default="converter",
+                        help="what writes the FP16 graphs for TensorRT: onnxconverter-common, or NVIDIA ModelOpt "
+                             "AutoCast (optional install: pip install nvidia-modelopt)")
     export.add_argument("--engine", action="store_true",
                         help="build the FP16 TensorRT engine(s) for this GPU into the bundle (needs TensorRT)")
     export.add_argument("--batch", default="1,1,8", help="engine batch profile: N, MIN,MAX or MIN,OPT,MAX")

@@ -65,7 +65,7 @@ def pipeline_meta(model: "DiffAD") -> dict:
             "seed": c["noise_seed"], "clamp": None}
 
 
-def export_parts(model: "DiffAD", folder: Path, images: np.ndarray) -> dict:
+def export_parts(model: "DiffAD", folder: Path, images: np.ndarray, *, fp16_tool: str = "converter") -> dict:
     """Write the four graphs into `folder`, check each and the whole loop; returns the parity report."""
     model = model.eval()
     x = torch.from_numpy(images)
@@ -87,7 +87,7 @@ def export_parts(model: "DiffAD", folder: Path, images: np.ndarray) -> dict:
         export_graph(module, folder / GRAPHS[part], inputs, outputs)
         report[part] = _graph_parity(module, folder / GRAPHS[part], inputs)
         feeds = {k: v.numpy() for k, v in inputs.items()}
-        report[part]["fp16"] = write_fp16(folder, GRAPHS[part], feeds, ranks=part == "segmentation")
+        report[part]["fp16"] = write_fp16(folder, GRAPHS[part], feeds, ranks=part == "segmentation", tool=fp16_tool)
     pipeline = DdimPipeline(sessions_from_dir(folder, GRAPHS), pipeline_meta(model))
     error = relative_max_error(pipeline.infer(images), expected.numpy())
     if not error < TOLERANCE:

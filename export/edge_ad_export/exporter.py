@@ -25,14 +25,19 @@ from edge_ad.training.fit import CHECKPOINT, file_sha256
 from edge_ad.training.run import load_categories, load_run, run_data
 from .onnx import INPUT, OPSET, OUTPUT, export_onnx
 from .diffusion_graphs import GRAPHS, export_parts, pipeline_meta
+from .fp16 import TOOLS as FP16_TOOLS
 from .fp16 import fp16_name, write_fp16
+from .int8 import CALIBRATION_IMAGES, int8_name, write_int8
 from .parity import check_parity
 
 MODEL_FILE = "model.onnx"
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, parity_images: int = 4) -> Bundle:
-    """Fold, export, check parity against the unfolded PyTorch model, and write the bundle atomically."""
+def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, parity_images: int = 4,
+               int8: bool = False, fp16_tool: str = "converter") -> Bundle:
+    """Fold, export, check parity against the unfolded PyTorch model, and write the bundle atomically.
+    `int8`: add the Q/DQ INT8 graph, calibrated on the run's good images and checked on its verdicts
+    (int8.py). `fp16_tool`: what writes the FP16 graphs (fp16.TOOLS)."""
     run_dir = Path(run_dir)
     info, model = load_run(run_dir)
     check_calibration(info.get("calibration"), str(run_dir), "run.json")
@@ -40,12 +45,14 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     return export_model(model, out, name=info["model"], geometry=geometry, calibration=info["calibration"],
                         images=_parity_images(info, geometry, parity_images), checkpoint=run_dir / CHECKPOINT,
                         metrics=info.get("metrics"), overwrite=overwrite,
-                        checkpoint_sha256=info.get("checkpoint_sha256"))
+                        checkpoint_sha256=info.get("checkpoint_sha256"),
+                        int8_images=_int8_images(info, geometry) if int8 else None, fp16_tool=fp16_tool)
 
 
 def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
                  images: np.ndarray, checkpoint: Path | None = None, metrics: dict | None = None,
-                 overwrite: bool = False, checkpoint_sha256: str | None = None) -> Bundle:
+                 overwrite: bool = False, checkpoint_sha256: str | None = None,
+                 int8_images: tuple[np.ndarray, np.ndarray] | None = None, fp16_tool: str = "converter") -> Bundle:
     """Write the bundle of an in-memory model: ONNX of its deployable form (`folded()`) + meta.json.
 
     Every graph gets its mixed FP16 twin for TensorRT (export/edge_ad_export/fp16.py), listed in meta `fp16`.
@@ -57,6 +64,12 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
     would flag nothing); the whole meta.json is validated again before the bundle is committed."""
     check_name(name, "model", str(out))
     check_calibration(calibration, str(out))
+    if fp16_tool not in FP16_TOOLS:
+        raise ValueError(f"unknown FP16 tool {fp16_tool!r}; choose one of {', '.join(FP16_TOOLS)}")
+    if fp16_tool == "autocast":
+        from .fp16_autocast import require_autocast
+
+        require_autocast()                         # before a long export, not after it
     height, width = geometry.crop
     model = model.eval()
     multi = model.PIPELINE == LATENT_DDIM
@@ -64,14 +77,22 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
     reference = UInt8Input(model, model.mean, model.std).eval()
     extras = model.graph_inputs()
 
+    if int8_images is not None and multi:
+        raise ValueError(f"--int8 covers single-graph models; {name} is a diffusion pipeline, whose INT8 graphs "
+                         "this version does not write: export it without --int8")
+
     def fill(tmp: Path) -> None:
         if multi:
-            export_parts(model, tmp, images)
+            export_parts(model, tmp, images, fp16_tool=fp16_tool)
         else:
             export_onnx(deploy, tmp / MODEL_FILE, height, width, extras=extras)
             feeds = {k: v.numpy() for k, v in extras.items()}
             parity = check_parity(reference, tmp / MODEL_FILE, images, feeds)
-            parity["fp16"] = {MODEL_FILE: write_fp16(tmp, MODEL_FILE, {INPUT: images, **feeds})}
+            parity["fp16"] = {MODEL_FILE: write_fp16(tmp, MODEL_FILE, {INPUT: images, **feeds}, tool=fp16_tool)}
+            if int8_images is not None:
+                parity["int8"] = {MODEL_FILE: write_int8(tmp, MODEL_FILE, INPUT, *int8_images, feeds,
+                                                         model.heatmap_spec(),
+                                                         calibration["image_threshold"])}
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         if checkpoint is not None:
             shutil.copy2(checkpoint, tmp / CHECKPOINT)
@@ -98,6 +119,8 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
     }
     graphs = GRAPHS.values() if multi else [MODEL_FILE]
     meta["fp16"] = {g: fp16_name(g) for g in graphs}
+    if int8_images is not None:
+        meta["int8"] = {MODEL_FILE: int8_name(MODEL_FILE)}
     if multi:
         meta["pipeline"] = pipeline_meta(model)
     if extras:
@@ -105,6 +128,25 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
         meta["graph_inputs"] = {name: {"shape": list(v.shape), "dtype": "float32", "distribution": "standard_normal",
                                        "seed": seed} for name, v in extras.items()}
     return write_bundle(out, meta, fill, overwrite=overwrite)
+
+
+def _int8_images(info: dict, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, check) images of a run for its INT8 graph: up to 64 good training images to calibrate
+    on; the test split, the validation images and the remaining good training images to check verdicts on."""
+    try:
+        category = load_categories(run_data(info))[0]
+    except (ValueError, OSError) as err:
+        raise ValueError(f"--int8 calibrates on the run's training images, which cannot be read ({err}); restore "
+                         "the data the run was trained on, or export without --int8") from None
+    train = category.train
+    picks = set(np.linspace(0, len(train) - 1, min(CALIBRATION_IMAGES, len(train))).astype(int).tolist())
+    calibration = np.stack([prepare(train[i]["image"], geometry) for i in sorted(picks)])
+    rest = [train[i]["image"] for i in range(len(train)) if i not in picks]
+    for split in (category.val, category.test):
+        if split is not None:
+            rest += [split[i]["image"] for i in range(len(split))]
+    check = np.stack([prepare(image, geometry) for image in rest]) if rest else calibration
+    return calibration, check
 
 
 def _parity_images(info: dict, geometry: Geometry, count: int) -> np.ndarray:
