@@ -70,7 +70,8 @@ def test_unknown_backend_lists_the_choices(bundle) -> None:
 def test_without_tensorrt_auto_is_onnxruntime_and_tensorrt_says_why(bundle) -> None:
     from edge_ad.runtime.registry import openvino_for_cpu
 
-    assert edge_ad.load(bundle).backend.name == ("openvino" if openvino_for_cpu() else "onnxruntime")
+    # on an x86-64 CPU with OpenVINO, auto keeps the faster of it and ONNX Runtime (edge_ad.runtime.auto_cpu)
+    assert edge_ad.load(bundle).backend.name in (("openvino", "onnxruntime") if openvino_for_cpu() else ("onnxruntime",))
     import importlib.util
     import re
 

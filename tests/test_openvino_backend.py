@@ -227,9 +227,10 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 @pytest.mark.skipif(tensorrt_missing() is None or gpu_present() or not X86,
                     reason="auto picks OpenVINO on x86-64 boxes without a CUDA GPU")
-def test_auto_is_openvino_at_fp32_here(tiny_bundle) -> None:
+def test_auto_is_openvino_at_fp32_here(tiny_bundle, monkeypatch) -> None:
     entry = registry.resolve("auto")
     assert entry.name == "openvino" and entry.precision == "fp32"
+    monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")       # no timing of OpenVINO against ONNX Runtime (auto_cpu)
     detector = edge_ad.load(tiny_bundle)
     assert detector.backend.name == "openvino" and detector.backend.precision == "fp32"
     assert edge_ad.load(tiny_bundle, precision="bf16" if "BF16" in CPU_CAPS else "fp32").backend.name == "openvino"

@@ -1,8 +1,8 @@
 """The runtime: load a bundle and run it, with no PyTorch on this path (the torch backend aside).
 
 backend="auto": TensorRT when it imports and a CUDA GPU is present, else ONNX Runtime with the CUDA
-provider when it works, else OpenVINO (f32 hint) on an x86-64 CPU where it is installed, else ONNX Runtime
-on the CPU (registry.openvino_for_cpu has the measurement). Or name one (edge_ad.runtime.registry holds them):
+provider when it works, else, on an x86-64 CPU where OpenVINO is installed, the faster of OpenVINO (f32
+hint) and ONNX Runtime for this bundle, timed at load (edge_ad.runtime.auto_cpu), else ONNX Runtime on the CPU. Or name one (edge_ad.runtime.registry holds them):
 
 - "tensorrt": the bundle's FP16 engine for this GPU (built on first use; unverified, see tensorrt.py);
 - "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda";
@@ -17,6 +17,7 @@ A backend whose library is missing is refused with the extra that installs it: `
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edge_ad.bundle import Bundle, read_bundle
@@ -68,9 +69,27 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
     options = LoadOptions(device=entry.device, threads=threads, seed=seed, plan=plan, batch=batch,
                           cuda_graph=cuda_graph, build_engine=build_engine, triton_url=triton_url,
                           precision=precision)
-    detector = Detector(b, entry.open(b, options), color=color)
+    detector = Detector(b, _open(backend, entry, b, options, kind), color=color)
     detector.set_threshold(threshold, sensitivity=sensitivity)
     return detector
+
+
+def _open(requested: str, entry, bundle: Bundle, options: LoadOptions, kind: str) -> Backend:
+    """The entry's backend; for "auto" on OpenVINO (a CPU box) the faster of it and ONNX Runtime on this
+    bundle (edge_ad.runtime.auto_cpu), a diffusion bundle on ONNX Runtime, when the user named no precision."""
+    if requested != "auto" or entry.name != "openvino" or options.precision not in (None, "fp32"):
+        return entry.open(bundle, options)
+    from edge_ad.runtime.auto_cpu import faster_backend
+    from edge_ad.runtime.registry import get_backend
+
+    ort = get_backend("onnxruntime-cpu")
+    if ort.missing():
+        return entry.open(bundle, options)
+    ort_options = replace(options, device="cpu", precision=None)
+    if kind == "latent_ddim":
+        return ort.open(bundle, ort_options)
+    size = (bundle.meta["input"]["height"], bundle.meta["input"]["width"])
+    return faster_backend(lambda: entry.open(bundle, options), lambda: ort.open(bundle, ort_options), *size)
 
 
 def pipeline_kind(bundle: Bundle) -> str:

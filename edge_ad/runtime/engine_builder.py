@@ -81,14 +81,71 @@ def check_batch(batch: tuple[int, int, int], text: str | None = None) -> tuple[i
     return int(batch[0]), int(batch[1]), int(batch[2])
 
 
-def _parse(trt, logger, network, onnx_path: Path):
-    """Fill `network` from the ONNX file; returns the parser, which must outlive the network."""
+def _parse(trt, logger, network, onnx_path: Path, model: bytes | None = None):
+    """Fill `network` from the ONNX file (or `model`, its rewritten bytes); returns the parser, which must
+    outlive the network."""
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not (parser.parse(model, str(onnx_path)) if model is not None else parser.parse_from_file(str(onnx_path))):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors) +
                            f" (run `edge-ad opcheck {onnx_path}`, after `pip install onnx`, to see what it cannot take)")
     return parser
+
+
+def symmetric_qdq(model):
+    """The bundle's INT8 graph (uint8 asymmetric activations: the form ONNX Runtime's x86 kernels run fast)
+    in the form TensorRT's explicit quantization takes: int8, zero point 0. Each uint8 Q/DQ pair of range
+    [lo, hi] becomes an int8 pair of range [-m, m] (m = max |lo|, |hi|) behind a Clip(lo, hi), which keeps
+    the clamping the uint8 pair did (a ReLU6 folded into it: lo = 0); quantized constants are re-quantized;
+    int32 biases become float (TensorRT fuses them). Takes and returns an onnx.ModelProto; needs `onnx`.
+    Checked on ONNX Runtime by the export (parity.json's int8 `tensorrt_form`); unverified on TensorRT."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    value = {name: numpy_helper.to_array(t) for name, t in inits.items()}
+    pairs = {}                                     # (scale, zero point) names -> (old scale, old zp, new scale)
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) == 3 \
+                and inits.get(node.input[2]) is not None and inits[node.input[2]].data_type == TensorProto.UINT8:
+            s, z = float(value[node.input[1]]), float(value[node.input[2]])
+            m = max(z * s, (255.0 - z) * s)
+            pairs[(node.input[1], node.input[2])] = (s, z, m / 127.0 if m > 0 else s)
+    clips, kept = {}, []
+    for node in graph.node:
+        key = tuple(node.input[1:3]) if node.op_type in ("QuantizeLinear", "DequantizeLinear") else None
+        if key in pairs and node.op_type == "QuantizeLinear":
+            s, z, _ = pairs[key]
+            bounds = (-z * s, (255.0 - z) * s)
+            if node.input[0] not in clips:
+                name = f"{node.input[0]}_clip_{len(clips)}"
+                lo, hi = (numpy_helper.from_array(np.array(b, np.float32), f"{name}_{w}") for b, w in zip(bounds, "lh"))
+                graph.initializer.extend([lo, hi])
+                kept.append(helper.make_node("Clip", [node.input[0], lo.name, hi.name], [name], name=name))
+                clips[node.input[0]] = name
+            node.input[0] = clips[node.input[0]]
+        elif key in pairs and node.input[0] in inits:              # a quantized constant: re-quantize it
+            s, z, s2 = pairs[key]
+            real = (value[node.input[0]].astype(np.float64) - z) * s
+            inits[node.input[0]].CopyFrom(numpy_helper.from_array(
+                np.clip(np.round(real / s2), -127, 127).astype(np.int8), node.input[0]))
+        elif node.op_type == "DequantizeLinear" and inits.get(node.input[0]) is not None \
+                and inits[node.input[0]].data_type == TensorProto.INT32:   # a bias: float, as TensorRT wants it
+            real = value[node.input[0]].astype(np.float64) * value[node.input[1]]
+            graph.initializer.append(numpy_helper.from_array(real.astype(np.float32), node.output[0]))
+            continue
+        kept.append(node)
+    for (scale, zero), (_, _, s2) in pairs.items():
+        inits[scale].CopyFrom(numpy_helper.from_array(np.array(s2, np.float32), scale))
+        inits[zero].CopyFrom(numpy_helper.from_array(np.array(0, np.int8), zero))
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return model
 
 
 def _profile(builder, network, batch: tuple[int, int, int]):

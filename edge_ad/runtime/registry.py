@@ -115,7 +115,8 @@ def openvino_for_cpu() -> bool:
     there is bf16 (447 FPS at batch 1) but it moved the test split's image AUROC by 0.0067 (over the 0.005
     bound) and the image scores by up to 0.29, more than the 0.19 between the calibrated threshold and the
     nearest test score: it could change verdicts, so auto keeps FP32 and bf16 is asked for by name. ARM
-    CPUs stay on ONNX Runtime (not measured)."""
+    CPUs stay on ONNX Runtime (not measured). OpenVINO is not faster on every graph (SPR: 3.6x slower,
+    benchmarks/results/cpu-peers.json), so `edge_ad.load` times both on the bundle (auto_cpu)."""
     return installed("openvino") and platform.machine().lower() in ("x86_64", "amd64")
 
 

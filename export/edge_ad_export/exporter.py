@@ -22,7 +22,8 @@ from edge_ad.models.base import LATENT_DDIM, AnomalyModel
 from edge_ad.runtime.preprocess import Geometry, prepare
 from edge_ad.training.adapter import UInt8Input
 from edge_ad.training.fit import CHECKPOINT, file_sha256
-from edge_ad.training.run import load_categories, load_run, run_data
+from edge_ad.training.data import train_val_parts
+from edge_ad.training.run import TrainConfig, load_categories, load_run, run_data
 from .onnx import INPUT, OPSET, OUTPUT, export_onnx
 from .diffusion_graphs import GRAPHS, export_parts, pipeline_meta
 from .fp16 import TOOLS as FP16_TOOLS
@@ -131,20 +132,25 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
 
 
 def _int8_images(info: dict, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """(calibration, check) images of a run for its INT8 graph: up to 64 good training images to calibrate
-    on; the test split, the validation images and the remaining good training images to check verdicts on."""
+    """(calibration, check) images of a run for its INT8 graph: up to 64 good training images of all its
+    categories, evenly picked, to calibrate on; to check verdicts on, the images the run calibrated its
+    threshold on (its validation images, which may be among the calibration images too), its test split
+    and the good training images not calibrated on."""
     try:
-        category = load_categories(run_data(info))[0]
+        categories = load_categories(run_data(info))
+        fraction, seed = float(info.get("val_fraction", TrainConfig.val_fraction)), int(info.get("seed", 0))
+        vals = [train_val_parts(c.train, c.val, fraction, seed)[1] for c in categories]
     except (ValueError, OSError) as err:
         raise ValueError(f"--int8 calibrates on the run's training images, which cannot be read ({err}); restore "
                          "the data the run was trained on, or export without --int8") from None
-    train = category.train
-    picks = set(np.linspace(0, len(train) - 1, min(CALIBRATION_IMAGES, len(train))).astype(int).tolist())
-    calibration = np.stack([prepare(train[i]["image"], geometry) for i in sorted(picks)])
-    rest = [train[i]["image"] for i in range(len(train)) if i not in picks]
-    for split in (category.val, category.test):
-        if split is not None:
-            rest += [split[i]["image"] for i in range(len(split))]
+    train = [(c.train, i) for c in categories for i in range(len(c.train))]
+    picks = np.linspace(0, len(train) - 1, min(CALIBRATION_IMAGES, len(train))).astype(int).tolist()
+    calibration = np.stack([prepare(train[k][0][train[k][1]]["image"], geometry) for k in picks])
+    checked = [train[k] for k in range(len(train)) if k not in set(picks)]
+    seen = {(id(d), i) for d, i in checked}
+    checked += [(v.dataset, i) for v in vals for i in v.indices if (id(v.dataset), i) not in seen]
+    checked += [(c.test, i) for c in categories if c.test is not None for i in range(len(c.test))]
+    rest = [dataset[i]["image"] for dataset, i in checked]
     check = np.stack([prepare(image, geometry) for image in rest]) if rest else calibration
     return calibration, check
 
