@@ -1009,7 +1009,7 @@ def _check_engines(s: _Schema, meta: dict, files: dict) -> None:
                "a TensorRT version such as 10.3.0")
         check_name(device.get("platform"), f"{where}.device.platform", s.where)
         _listed(s, s.text(info.get("graph"), f"{where}.graph", GRAPH, "an .onnx file name"), f"{where}.graph", files)
-        s.choice(info.get("precision"), f"{where}.precision", ("fp16", "fp32"))
+        s.choice(info.get("precision"), f"{where}.precision", ("fp16", "fp32", "int8"))
         low = s.integer(info.get("min_batch"), f"{where}.min_batch", 1, MAX_BATCH)
         s.integer(info.get("max_batch"), f"{where}.max_batch", low, MAX_BATCH)
 

@@ -356,6 +356,9 @@ def _export(args: argparse.Namespace) -> int:
     if (source / "meta.json").is_file():
         if args.out:
             raise ValueError(f"{source} is already a bundle; --out is for exporting a training run")
+        if args.int8 and not args.engine:
+            raise ValueError(f"{source} is already a bundle: --int8 there builds INT8 TensorRT engines (add --engine); "
+                             "to add an INT8 graph, export the training run again with --int8")
         bundle = read_bundle(source)
     else:
         if not args.out:
@@ -369,7 +372,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.engine:
         from edge_ad.runtime.engine_builder import build_bundle_engines, parse_batches
 
-        paths = build_bundle_engines(bundle, batch=parse_batches(args.batch), typing=args.typing, dla_core=args.dla_core)
+        paths = build_bundle_engines(bundle, batch=parse_batches(args.batch), typing=args.typing, dla_core=args.dla_core,
+                                     precision="int8" if args.int8 else "fp16")
         print("TensorRT engines:\n  " + "\n  ".join(str(p) for p in paths))
         bundle = read_bundle(bundle.path)
     if args.triton:
@@ -822,6 +826,8 @@ def _data_format_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge_ad.runtime.precision import PRECISIONS
+
     models, budgets = _model_choices()
 
     parser = _Parser(prog="edge-ad", description="Visual anomaly detection for factory lines.",
@@ -892,7 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true")
     export.add_argument("--int8", action="store_true",
                         help="add a Q/DQ INT8 graph (model.int8.onnx), calibrated on the run's good images; refused "
-                             "if it changes a verdict (single-graph models; run it with --precision int8)")
+                             "if it changes a verdict (single-graph models; run it with --precision int8). With a "
+                             "bundle and --engine: build INT8 TensorRT engines from it (unverified)")
     export.add_argument("--fp16-tool", choices=("converter", "autocast"), default="converter",
                         help="what writes the FP16 graphs for TensorRT: onnxconverter-common, or NVIDIA ModelOpt "
                              "AutoCast (optional install: pip install nvidia-modelopt)")
@@ -925,6 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bundle", type=nonempty)
     bench.add_argument("--backends", default=None, type=nonempty,
                        help="comma-separated backend names (default: every registered one that runs here)")
+    bench.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="run every backend (of --backends, or every one here) at this precision where it has "
+                            "none of its own (name:precision); those that cannot are listed as skipped")
     bench.add_argument("--batches", default="1,8", type=nonempty, help="comma-separated batch sizes")
     bench.add_argument("--iters", type=int_range(1, 100000), default=20, help="timed calls per measurement")
     bench.add_argument("--warmup", type=int_range(0, 100000), default=3, help="untimed calls before them")
@@ -941,6 +951,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_precision(specs: list[str] | None, precision: str | None) -> list[str] | None:
+    """bench --precision: every backend spec without a precision of its own gets `precision` (the named
+    ones, else every backend here); None and no --precision: the bench's own default list."""
+    if precision is None:
+        return specs
+    from edge_ad.runtime.bench import default_backends, split_spec
+
+    return [spec if split_spec(spec)[1] else f"{spec}:{precision}" for spec in (specs or default_backends())]
+
+
 def _bench(args: argparse.Namespace) -> int:
     """`edge-ad bench`: the table on stdout, progress and problems on stderr, the report in --json."""
     from edge_ad.runtime.bench import (BenchConfig, check_json_path, format_report, parse_backends, parse_batches,
@@ -949,8 +969,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:                         # a folder given as the file fails now, not after the timing
         check_json_path(args.json)
     explicit = parse_backends(args.backends) if args.backends else None
-    config = BenchConfig(bundle=args.bundle, backends=explicit, batches=parse_batches(args.batches), iters=args.iters,
-                         warmup=args.warmup, data=args.data, triton_url=args.triton_url)
+    config = BenchConfig(bundle=args.bundle, backends=_with_precision(explicit, args.precision),
+                         batches=parse_batches(args.batches), iters=args.iters, warmup=args.warmup, data=args.data,
+                         triton_url=args.triton_url)
     report = run(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_report(report))
     if args.json:

@@ -1,5 +1,6 @@
 """INT8 Q/DQ graphs (`edge-ad export --int8`, export/edge_ad_export/int8.py): written, listed, run by ONNX Runtime
-and OpenVINO with precision="int8", and refused, with no bundle left, when they change a verdict."""
+and OpenVINO with precision="int8", and refused, with no bundle left, when they change a verdict; the recipe's
+FP32 islands and search; TensorRT's symmetric form and INT8 engine names (no GPU needed); the CLI flags."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def test_an_int8_graph_that_flips_a_verdict_is_refused_and_no_bundle_is_left(int
     spec = HeatmapSpec.from_meta(bundle.meta["heatmap"])
     images = _images(12, 2)
     probe = tmp_path / "probe.int8.onnx"
-    quantize_int8(bundle.file("model.onnx"), probe, "images", _images(16, 1), {})
+    quantize_int8(bundle.file("model.onnx"), probe, "images", _images(16, 1), {}, spec)   # what the export writes
     import onnxruntime as ort
 
     scores = []
@@ -103,3 +104,173 @@ def test_an_int8_graph_that_flips_a_verdict_is_refused_and_no_bundle_is_left(int
         _export(out, threshold)
     assert not out.exists() and not list(tmp_path.glob("refused*"))
 
+
+
+# ---------------------------------------------------------------------------------------- the recipe
+
+
+def test_the_fixed_fp32_nodes_are_shape_maths_preprocessing_and_the_map_head(int8_bundle) -> None:
+    """The uint8 -> float preprocessing, the TF-'same' padding's shape arithmetic and the head that writes the
+    map stay FP32; the backbone's convolutions are left to the search (quantized unless it gives them back)."""
+    from edge_ad_export.fp16 import name_nodes
+    from edge_ad_export.int8 import fixed_fp32, node_groups
+
+    model = name_nodes(onnx.load(str(read_bundle(int8_bundle).file("model.onnx"))))
+    fixed = fixed_fp32(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    pre = {ops[n] for n, why in fixed.items() if why == "input preprocessing"}
+    assert {"Transpose", "Cast"} <= pre
+    assert {ops[n] for n, why in fixed.items() if why == "shape arithmetic"} >= {"Shape", "Ceil"}
+    head = [n for n, why in fixed.items() if why == "anomaly-map head"]
+    writer = next(n.name for n in model.graph.node if "raw_map" in n.output)
+    assert writer in head and "Resize" in {ops[n] for n in head}
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert sum(n not in fixed for n in convs) >= len(convs) - 1          # all but the score conv are searchable
+    groups = node_groups(model, fixed)
+    assert any("conv_stem" in g for g in groups) and any("blocks.0" in g for g in groups)
+    assert sorted(n for g in groups.values() for n in g) == sorted(n for n in ops if n not in fixed)
+
+
+def test_the_int8_graph_keeps_the_map_shape_and_fuses_its_convolutions(int8_bundle) -> None:
+    """Quantizing the padding's shape arithmetic shrank SimpleNet's map by one pixel; a shared Q/DQ pair kept
+    ONNX Runtime from fusing convolutions. Here: same shape, and QLinearConv in the optimized graph."""
+    import onnxruntime as ort
+
+    bundle = read_bundle(int8_bundle)
+    images = _images(2, 4)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(Path(bundle.path).parent / "optimized.onnx")
+    fp32 = ort.InferenceSession(str(bundle.file("model.onnx")), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(bundle.file("model.int8.onnx")), options, providers=["CPUExecutionProvider"])
+    assert int8.run(None, {"images": images})[0].shape == fp32.run(None, {"images": images})[0].shape
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") >= 10
+    report = __import__("json").loads(bundle.file("parity.json").read_text())["int8"]["model.onnx"]
+    assert report["activations"].startswith("uint8") and report["search"]["stopped"]
+    assert report["check"]["score_rank_correlation"] > 0.5
+
+
+def test_the_search_gives_back_the_group_that_helps_most_and_stops_at_the_target() -> None:
+    from edge_ad_export.int8 import search_fp32
+
+    groups = {"a": ["a1"], "b": ["b1", "b2"], "c": ["c1"]}
+    cost = {"a1": 0.1, "b1": 0.3, "b2": 0.2, "c1": 0.05}
+
+    def error(fp32: list[str]) -> float:                 # what is left in INT8 adds up
+        return sum(v for k, v in cost.items() if k not in fp32)
+
+    found = search_fp32(groups, error, target=0.2, max_groups=3)
+    assert found["fp32_groups"] == ["b"] and found["stopped"] == "target met"
+    assert [p["error"] for p in found["path"]] == [0.65, 0.15]
+    capped = search_fp32(groups, error, target=0.0, max_groups=2)
+    assert capped["fp32_groups"] == ["b", "a"] and "2 groups" in capped["stopped"]
+    assert search_fp32(groups, error, target=1.0)["fp32_groups"] == []      # already within the target
+
+
+def test_tensorrt_form_is_symmetric_int8_and_computes_the_same(int8_bundle) -> None:
+    """TensorRT takes int8 pairs with zero point 0 only: the rewrite leaves no uint8 pair, keeps the
+    clamping in Clips, turns int32 biases into floats, and the graph still computes what the file does."""
+    import onnxruntime as ort
+
+    from edge_ad.runtime.engine_builder import symmetric_qdq
+
+    bundle = read_bundle(int8_bundle)
+    model = symmetric_qdq(onnx.load(str(bundle.file("model.int8.onnx"))))
+    onnx.checker.check_model(model)
+    zero_points = [t for t in model.graph.initializer if t.name.endswith("zero_point")]
+    assert zero_points and all(t.data_type == onnx.TensorProto.INT8 for t in zero_points)
+    assert all(not onnx.numpy_helper.to_array(t).any() for t in zero_points)
+    assert not any(t.data_type == onnx.TensorProto.INT32 for t in model.graph.initializer)
+    assert any(n.op_type == "Clip" for n in model.graph.node)
+    images = _images(6, 5)
+    run = lambda m: ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+    want, got = run(str(bundle.file("model.int8.onnx"))), run(model.SerializeToString())
+    assert np.isfinite(got).all() and np.abs(got - want).max() <= 0.1 * float(np.abs(want).max())
+    report = __import__("json").loads(bundle.file("parity.json").read_text())["int8"]["model.onnx"]
+    assert report["tensorrt_form"]["verdict_flips"] == 0 and report["tensorrt_form"]["images"] == 12
+
+
+# ------------------------------------------------------------------------------ TensorRT's side (no GPU)
+
+
+def test_tensorrt_picks_the_int8_graph_and_names_its_engine_int8(int8_bundle, tiny_bundle) -> None:
+    from edge_ad.runtime.engine_builder import bundle_graphs
+    from edge_ad.runtime.engines import DeviceKey, EngineSpec, engine_name
+    from edge_ad.runtime.tensorrt import _graph
+
+    bundle = read_bundle(int8_bundle)
+    assert _graph(bundle, "model.onnx", "int8") == ("model.int8.onnx", "int8")
+    assert _graph(bundle, "model.onnx", None) == ("model.fp16.onnx", "fp16")
+    assert bundle_graphs(bundle, "int8") == ["model.int8.onnx"] and bundle_graphs(bundle) == ["model.fp16.onnx"]
+    key = DeviceKey("NVIDIA Orin", "8.7", "10.3.0", "aarch64")
+    assert ".int8.b1-8.engine" in engine_name(EngineSpec("model.int8.onnx", "int8", 1, 8), key)
+    with pytest.raises(ValueError, match="precision"):
+        EngineSpec("model.int8.onnx", "int4")
+    with pytest.raises(BundleError, match="--int8"):
+        _graph(read_bundle(tiny_bundle), "model.onnx", "int8")
+    with pytest.raises(ValueError, match="--int8"):
+        bundle_graphs(read_bundle(tiny_bundle), "int8")
+
+
+def test_a_bundle_may_record_an_int8_engine_and_nothing_else(int8_bundle) -> None:
+    from edge_ad.bundle import validate_meta
+
+    meta = __import__("json").loads(read_bundle(int8_bundle).file("meta.json").read_text())
+    name = "engines/model.nvidia-orin.sm87.trt10.3.0.aarch64.int8.b1-8.engine"
+    meta["files"][name] = {"sha256": "0" * 64, "bytes": 1}
+    engine = {"device": {"gpu": "NVIDIA Orin", "compute_capability": "8.7", "tensorrt": "10.3.0", "platform": "aarch64"},
+              "graph": "model.int8.onnx", "precision": "int8", "min_batch": 1, "max_batch": 8}
+    meta["engines"] = {name: engine}
+    validate_meta(meta, "test")
+    meta["engines"][name] = {**engine, "precision": "int4"}
+    with pytest.raises(BundleError, match="precision"):
+        validate_meta(meta, "test")
+    meta["engines"] = {}
+    meta["int8"] = {"model.onnx": "model.int9.onnx"}                          # a twin the bundle does not list
+    with pytest.raises(BundleError, match="int8"):
+        validate_meta(meta, "test")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_predict_runs_the_int8_graph_with_precision_int8(int8_bundle, tmp_path) -> None:
+    """--precision reaches edge_ad.load: the INT8 graph scores the images differently from FP32, and a
+    bundle without one fails with the re-export hint."""
+    import csv
+
+    import cv2
+
+    from edge_ad.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_images(3, 6)):
+        cv2.imwrite(str(folder / f"{i}.png"), image[..., ::-1])
+    scores = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        assert main(["predict", str(int8_bundle), str(folder), "--out", str(out), "--backend", "onnxruntime-cpu",
+                     "--precision", precision]) == 0
+        with open(out / "results.csv") as f:
+            scores[precision] = [float(r["score"]) for r in csv.DictReader(f)]
+    assert len(scores["fp32"]) == 3 and scores["fp32"] != scores["int8"]
+
+
+def test_the_cli_takes_the_int8_flags() -> None:
+    from edge_ad.cli import _with_precision, build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "run", "--out", "b", "--int8"]).int8
+    for command in (["predict", "b", "x", "--out", "o"], ["stream", "b"], ["bench", "b"]):
+        assert parser.parse_args([*command, "--precision", "int8"]).precision == "int8"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "b", "x", "--out", "o", "--precision", "int4"])
+    assert _with_precision(["onnxruntime-cpu", "openvino-cpu:fp32"], "int8") == ["onnxruntime-cpu:int8", "openvino-cpu:fp32"]
+    assert _with_precision(None, None) is None and all(s.endswith(":int8") for s in _with_precision(None, "int8"))
+
+
+def test_export_int8_on_a_bundle_needs_engine(int8_bundle) -> None:
+    from edge_ad.cli import main
+
+    assert main(["export", str(int8_bundle), "--int8"]) != 0

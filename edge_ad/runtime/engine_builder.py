@@ -1,4 +1,5 @@
-"""FP16 TensorRT engines from a bundle's graphs, built on the device that will run them.
+"""TensorRT engines from a bundle's graphs (FP16, or INT8 where the bundle has Q/DQ graphs), built on the
+device that will run them.
 
 Unverified: TensorRT cannot be installed where this was written and no GPU has run it. Written against
 the TensorRT 10 Python API (JetPack 6 ships 10.3; 11.x keeps the strongly typed route):
@@ -10,6 +11,11 @@ the TensorRT 10 Python API (JetPack 6 ships 10.3; 11.x keeps the strongly typed 
   graph with `BuilderFlag.FP16`; the layers of the export's FP32 islands pinned with `ILayer.precision`
   and `set_output_type` under `BuilderFlag.OBEY_PRECISION_CONSTRAINTS`. Deprecated since 10.12, but it is
   what DLA needs (`dla_core`: `default_device_type = DeviceType.DLA`, `DLA_core`, `GPU_FALLBACK`).
+- INT8 (`precision="int8"`): explicit quantization from the bundle's Q/DQ graph (`model.int8.onnx`,
+  export/edge_ad_export/int8.py), rewritten by `symmetric_qdq` into int8 pairs with zero point 0 (TensorRT
+  takes no other; the file's uint8 pairs are what ONNX Runtime's x86 kernels run fast) and parsed from
+  memory (`OnnxParser.parse`). Strongly typed, its unquantized layers run in FP32; weakly typed with the
+  INT8 and FP16 flags.
 - `OnnxParser.parse_from_file` (every `get_error(i)` goes into one exception),
   `set_memory_pool_limit(MemoryPoolType.WORKSPACE, ...)`, one optimization profile
   (`create_optimization_profile`, `set_shape(name, min, opt, max)`) over the asked batch sizes,
@@ -37,8 +43,8 @@ from edge_ad.runtime.engines import DeviceKey, EngineSpec, cache_dir, store_engi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_engine", "build_and_store", "build_bundle_engines", "check_batch", "parse_batches",
-           "save_timing_cache", "stream_profile", "WORKSPACE_BYTES"]
+__all__ = ["build_engine", "build_and_store", "build_bundle_engines", "bundle_graphs", "symmetric_qdq", "check_batch",
+           "parse_batches", "save_timing_cache", "stream_profile", "WORKSPACE_BYTES"]
 
 WORKSPACE_BYTES = 2 << 30            # 2 GiB: enough for these models' tactics, within an Orin Nano's 8 GB
 _BATCH = re.compile(r"[ ]*[0-9]{1,9}[ ]*(,[ ]*[0-9]{1,9}[ ]*){0,2}", re.ASCII)
@@ -90,6 +96,16 @@ def _parse(trt, logger, network, onnx_path: Path, model: bytes | None = None):
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: " + "; ".join(errors) +
                            f" (run `edge-ad opcheck {onnx_path}`, after `pip install onnx`, to see what it cannot take)")
     return parser
+
+
+def _symmetric_bytes(onnx_path: Path) -> bytes:
+    """The INT8 graph at `onnx_path` in the form TensorRT parses (symmetric_qdq), serialized."""
+    try:
+        import onnx
+    except ImportError:
+        raise RuntimeError("an INT8 TensorRT engine is built from the bundle's Q/DQ graph rewritten for TensorRT, "
+                           "which needs the onnx package: pip install onnx") from None
+    return symmetric_qdq(onnx.load(str(onnx_path))).SerializeToString()
 
 
 def symmetric_qdq(model):
@@ -174,10 +190,13 @@ def _pin_islands(trt, network, islands: list[str]) -> int:
 
 def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = "auto", islands: list[str] = (),
                  workspace: int = WORKSPACE_BYTES, timing_cache: Path | None = None,
-                 dla_core: int | None = None) -> tuple[bytes, dict]:
-    """Build a serialized FP16 engine; returns (plan, facts of the build). `typing`: "strong", "weak"
-    or "auto" (strong where this TensorRT has STRONGLY_TYPED)."""
+                 dla_core: int | None = None, precision: str = "fp16") -> tuple[bytes, dict]:
+    """Build a serialized engine; returns (plan, facts of the build). `typing`: "strong", "weak" or "auto"
+    (strong where this TensorRT has STRONGLY_TYPED). `precision` "int8": `onnx_path` is the bundle's Q/DQ
+    INT8 graph, parsed in its symmetric form (symmetric_qdq: explicit quantization), its other layers
+    FP32 when strongly typed, FP16 allowed when weakly typed (unverified on a GPU)."""
     batch = check_batch(batch)
+    model = _symmetric_bytes(onnx_path) if precision == "int8" else None
     import tensorrt as trt
 
     strong_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -190,11 +209,13 @@ def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = 
     logger = tensorrt_logger(trt)                      # one logger per process (TensorRT warns on a second)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(strong_flag) if typing == "strong" else 0)
-    parser = _parse(trt, logger, network, onnx_path)  # noqa: F841 - kept alive until the build
+    parser = _parse(trt, logger, network, onnx_path, model)  # noqa: F841 - kept alive until the build
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     config.add_optimization_profile(_profile(builder, network, batch))
     pinned = 0
+    if typing == "weak" and precision == "int8" and hasattr(trt.BuilderFlag, "INT8"):
+        config.set_flag(trt.BuilderFlag.INT8)          # Q/DQ layers set the scales; the flag allows INT8 kernels
     if typing == "weak":
         config.set_flag(trt.BuilderFlag.FP16)
         pinned = _pin_islands(trt, network, list(islands))
@@ -214,7 +235,7 @@ def build_engine(onnx_path: Path, *, batch: tuple[int, int, int], typing: str = 
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}; see its log above")
     if timing_cache is not None:
         save_timing_cache(timing_cache, bytes(config.get_timing_cache().serialize()))
-    facts = {"typing": typing, "opt_batch": batch[1], "build_s": round(time.perf_counter() - start, 1),
+    facts = {"typing": typing, "precision": precision, "opt_batch": batch[1], "build_s": round(time.perf_counter() - start, 1),
              "fp32_pinned_layers": pinned, "dla_core": dla_core, "workspace_bytes": workspace}
     return bytes(plan), facts
 
@@ -273,39 +294,57 @@ def _islands(bundle: Bundle, graph: str) -> list[str]:
 
 
 def build_and_store(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], typing: str = "auto",
-                    dla_core: int | None = None) -> tuple[Path, Bundle]:
-    """Build the engine of one FP16 graph of the bundle for this device and keep it."""
+                    dla_core: int | None = None, precision: str = "fp16") -> tuple[Path, Bundle]:
+    """Build the engine of one graph of the bundle for this device and keep it: an FP16 graph (`precision`
+    "fp16"), or an INT8 Q/DQ graph ("int8", from meta.json's `int8`)."""
     import tensorrt as trt
 
     key = DeviceKey.current(trt.__version__)
     source = graph
-    if typing == "weak" or (typing == "auto" and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")):
+    weak = typing == "weak" or (typing == "auto" and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
+    if weak and precision == "fp16":
         source = graph.replace(".fp16.onnx", ".onnx")          # the weak route starts from FP32
     timing = cache_dir(bundle).parent / "timing" / f"{key.slug()}.cache"
-    plan, facts = build_engine(bundle.file(source), batch=batch, typing=typing, islands=_islands(bundle, source),
-                               timing_cache=timing, dla_core=dla_core)
-    spec = EngineSpec(graph, "fp16", batch[0], batch[2])
+    plan, facts = build_engine(bundle.file(source), batch=batch, typing=typing,
+                               islands=_islands(bundle, source) if precision == "fp16" else [],
+                               timing_cache=timing, dla_core=dla_core, precision=precision)
+    spec = EngineSpec(graph, precision, batch[0], batch[2])
     path, bundle = store_engine(bundle, spec, key, plan, {**facts, "source": source,
                                                           "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
     log.info("TensorRT engine %s built in %.0f s", path, facts["build_s"])
     return path, bundle
 
 
+def bundle_graphs(bundle: Bundle, precision: str = "fp16") -> list[str]:
+    """The graphs TensorRT builds from at `precision`: the FP16 twins, or for "int8" each graph's INT8 twin
+    where the export wrote one and its FP16 twin where it did not (diffusion parts left FP32 by the export)."""
+    fp16 = bundle.meta.get("fp16", {})
+    if precision != "int8":
+        return list(fp16.values())
+    int8 = bundle.meta.get("int8") or {}
+    if not int8:
+        raise ValueError(f"{bundle.path} has no INT8 graph: re-export it with `edge-ad export RUN --out BUNDLE "
+                         "--int8`, or build the FP16 engines (without --int8)")
+    return [int8.get(graph, half) for graph, half in fp16.items()]
+
+
 def build_bundle_engines(bundle: Bundle, *, batch: tuple[int, int, int], typing: str = "auto",
-                         dla_core: int | None = None) -> list[Path]:
-    """`edge-ad export BUNDLE --engine`: one engine per FP16 graph of the bundle (four for DiffAD)."""
+                         dla_core: int | None = None, precision: str = "fp16") -> list[Path]:
+    """`edge-ad export BUNDLE --engine [--int8]`: one engine per graph of the bundle (four for DiffAD), from
+    its FP16 graphs or, with `precision` "int8", its INT8 ones (bundle_graphs)."""
     batch = check_batch(batch)                # before TensorRT is even looked for
+    graphs = bundle_graphs(bundle, precision)
     reason = tensorrt_missing()
     if reason:
         raise RuntimeError(f"building TensorRT engines needs TensorRT and a GPU on the device that will run them "
                            f"({reason} here); run `edge-ad export BUNDLE --engine` there, or let "
                            "`edge-ad stream --backend tensorrt` build on first use")
-    graphs = list(bundle.meta.get("fp16", {}).values())
     if not graphs:
         raise ValueError(f"{bundle.path} has no FP16 graphs (exported by edge_ad before 0.2?); re-export it "
                          "with `edge-ad export RUN --out BUNDLE`")
     paths = []
     for graph in graphs:
-        path, bundle = build_and_store(bundle, graph, batch=batch, typing=typing, dla_core=dla_core)
+        path, bundle = build_and_store(bundle, graph, batch=batch, typing=typing, dla_core=dla_core,
+                                       precision="int8" if graph in (bundle.meta.get("int8") or {}).values() else "fp16")
         paths.append(path)
     return paths

@@ -5,7 +5,8 @@ each engine is stored under a name that says all of that plus the precision and 
 
     engines/<graph>.<gpu>.sm<cc>.trt<version>.<platform>.<precision>.b<min>-<max>.engine
 
-e.g. `engines/model.nvidia-jetson-agx-orin.sm87.trt10.3.0.aarch64.fp16.b1-8.engine`; meta.json's
+e.g. `engines/model.nvidia-jetson-agx-orin.sm87.trt10.3.0.aarch64.fp16.b1-8.engine` (`.int8.` for one built
+from the bundle's Q/DQ INT8 graph, `edge-ad export --int8`); meta.json's
 `engines` maps each name to what it was built for. A bundle can carry engines for several devices,
 and loading picks the one of this device. An engine is added to the bundle when the bundle directory
 is writable, else to the user's cache (`$EDGE_AD_CACHE`, default ~/.cache/edge_ad/engines/<bundle
@@ -28,7 +29,9 @@ from edge_ad.bundle import Bundle, BundleError, add_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceKey", "EngineSpec", "engine_name", "find_engine", "store_engine", "describe_engines", "cache_dir"]
+PRECISIONS = ("fp16", "fp32", "int8")     # what an engine computes in (its name and meta.json say it)
+
+__all__ = ["PRECISIONS", "DeviceKey", "EngineSpec", "engine_name", "find_engine", "store_engine", "describe_engines", "cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,15 @@ class EngineSpec:
     """How an engine is built: from which graph, precision, typing and batch range."""
 
     graph: str                   # the ONNX file in the bundle it is built from
-    precision: str = "fp16"
+    precision: str = "fp16"      # fp16: the mixed FP16 graph; int8: the Q/DQ INT8 graph (explicit quantization)
     min_batch: int = 1
     max_batch: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.max_batch:
             raise ValueError(f"batch sizes must satisfy 1 <= min <= max, got {self.min_batch}..{self.max_batch}")
-        if self.precision not in ("fp16", "fp32"):
-            raise ValueError(f"precision must be 'fp16' or 'fp32', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def engine_name(spec: EngineSpec, key: DeviceKey) -> str:

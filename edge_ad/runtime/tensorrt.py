@@ -32,6 +32,7 @@ from edge_ad.runtime.ddim_plan import DdimPlan
 from edge_ad.runtime.devices import tensorrt_missing
 from edge_ad.runtime.engine_builder import build_and_store
 from edge_ad.runtime.engines import DeviceKey, EngineSpec, describe_engines, find_engine
+from edge_ad.runtime.precision import check_precision, graph_for
 from edge_ad.runtime.trt_engine import TrtEngine, kernel_dtype
 from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.inputs import seeded_inputs
@@ -243,12 +244,14 @@ class TrtDdimBackend(_DeviceHeatmap):
         self._release(list(self._engines()))
 
 
-def load_plan(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], build: bool = True) -> bytes:
-    """The engine of `graph` for this GPU and TensorRT: from the bundle or cache, else built now."""
+def load_plan(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], build: bool = True,
+              precision: str = "fp16") -> bytes:
+    """The engine of `graph` (an FP16 graph, or an INT8 Q/DQ one with `precision` "int8") for this GPU and
+    TensorRT: from the bundle or cache, else built now."""
     import tensorrt as trt
 
     key = DeviceKey.current(trt.__version__)
-    spec = EngineSpec(graph, "fp16", batch[0], batch[2])
+    spec = EngineSpec(graph, precision, batch[0], batch[2])
     found = find_engine(bundle, spec, key)
     if found is not None:
         return found.read_bytes()
@@ -256,18 +259,30 @@ def load_plan(bundle: Bundle, graph: str, *, batch: tuple[int, int, int], build:
     if not build:
         raise RuntimeError(f"{bundle.path} has no TensorRT engine for {key.gpu} (sm {key.compute_capability}, "
                            f"TensorRT {key.tensorrt}, {key.platform}); it carries: {carried or 'none'}. "
-                           f"Build one with `edge-ad export {bundle.path} --engine`")
+                           f"Build one with `edge-ad export {bundle.path} --engine{' --int8' if precision == 'int8' else ''}`")
     log.warning("no TensorRT engine for %s (sm %s, TensorRT %s) in %s%s; building one from %s now. This takes "
                 "minutes (longer on a Jetson) and happens once; `edge-ad export BUNDLE --engine` does it ahead of time",
                 key.gpu, key.compute_capability, key.tensorrt, bundle.path,
                 f" (it has: {'; '.join(carried)})" if carried else "", graph)
-    path, _ = build_and_store(bundle, graph, batch=batch)
+    path, _ = build_and_store(bundle, graph, batch=batch, precision=precision)
     return path.read_bytes()
+
+
+def _graph(bundle: Bundle, graph: str, precision: str | None) -> tuple[str, str]:
+    """(file TensorRT builds from, its precision) for the bundle's FP32 `graph`: its FP16 twin, or with
+    precision "int8" its INT8 twin (a BundleError with the re-export hint when the bundle has none at all;
+    a diffusion part the export left unquantized keeps its FP16 twin)."""
+    int8 = bundle.meta.get("int8") or {}
+    if precision == "int8" and (graph in int8 or not int8):
+        return graph_for(bundle, graph, precision).name, "int8"
+    return bundle.meta["fp16"][graph], "fp16"
 
 
 def open_tensorrt(bundle: Bundle, options: LoadOptions) -> _DeviceHeatmap:
     """The registry's factory: the bundle's FP16 engines for this GPU (built now when missing and
-    `options.build_engine`), one backend for a single graph, the device DDIM loop for a diffusion bundle."""
+    `options.build_engine`), one backend for a single graph, the device DDIM loop for a diffusion bundle.
+    precision "int8": the engines of the bundle's Q/DQ INT8 graphs (explicit quantization; unverified)."""
+    check_precision(options.precision, "tensorrt", ("fp16", "int8"))
     reason = tensorrt_missing()
     if reason:
         hint = ' (pip install "edge_ad[tensorrt]": TensorRT + cuda-python)' if reason == "TensorRT not installed" else ""
@@ -279,8 +294,12 @@ def open_tensorrt(bundle: Bundle, options: LoadOptions) -> _DeviceHeatmap:
     build = dict(batch=options.batch, build=options.build_engine)
     if options.plan is not None:
         graphs = bundle.meta["pipeline"]["graphs"]
-        plans = {part: load_plan(bundle, bundle.meta["fp16"][graph], **build) for part, graph in graphs.items()}
+        plans = {}
+        for part, graph in graphs.items():
+            source, precision = _graph(bundle, graph, options.precision)
+            plans[part] = load_plan(bundle, source, precision=precision, **build)
         return TrtDdimBackend(plans, options.plan, spec, cuda_graph=options.cuda_graph)
-    plan = load_plan(bundle, bundle.meta["fp16"]["model.onnx"], **build)
+    source, precision = _graph(bundle, "model.onnx", options.precision)
+    plan = load_plan(bundle, source, precision=precision, **build)
     return TrtBackend(plan, spec, cuda_graph=options.cuda_graph,
                       feeds=seeded_inputs(bundle.meta.get("graph_inputs", {}), options.seed))

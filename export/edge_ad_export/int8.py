@@ -195,12 +195,19 @@ class _Quantizer:
 
 
 def _without_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop the initializers no node reads (the Clip bounds of the activations the quantizer folded into
-    their Q/DQ pairs): ONNX Runtime logs one warning per such tensor at every load."""
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    """Drop the initializers and Constant nodes nothing reads (the Clip bounds of the activations the
+    quantizer folded into their Q/DQ pairs): ONNX Runtime logs one warning per such tensor at every load."""
+    graph = model.graph
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        idle = [n for n in graph.node if n.op_type == "Constant" and not used.intersection(n.output)]
+        if not idle:
+            break
+        for node in idle:
+            graph.node.remove(node)
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model
 
 
