@@ -274,3 +274,14 @@ def test_export_int8_on_a_bundle_needs_engine(int8_bundle) -> None:
     from edge_ad.cli import main
 
     assert main(["export", str(int8_bundle), "--int8"]) != 0
+
+
+def test_a_graph_left_fp32_by_the_export_runs_in_fp32(int8_bundle) -> None:
+    """graph_for: the INT8 twin where the bundle lists one, the FP32 graph for a part the export left in FP32
+    (the same rule for every backend)."""
+    from edge_ad.runtime.precision import graph_for
+
+    bundle = read_bundle(int8_bundle)
+    assert graph_for(bundle, "model.onnx", "int8").name == "model.int8.onnx"
+    assert graph_for(bundle, "decoder.onnx", "int8").name == "decoder.onnx"
+    assert graph_for(bundle, "model.onnx", None).name == "model.onnx"

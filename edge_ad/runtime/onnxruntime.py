@@ -135,7 +135,7 @@ class LatentDdimBackend(BaseBackend):
         graphs = bundle.meta["pipeline"]["graphs"]
         self.sessions = {}
         for part in PARTS:
-            self.sessions[part], self.device = ort_session(_part_graph(bundle, graphs[part], precision), device=device,
+            self.sessions[part], self.device = ort_session(graph_for(bundle, graphs[part], precision), device=device,
                                                            threads=threads)
         self.pipeline = DdimPipeline({p: session_runner(s) for p, s in self.sessions.items()}, plan=plan)
 
@@ -149,16 +149,6 @@ class LatentDdimBackend(BaseBackend):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.pipeline.infer(batch)
-
-
-def _part_graph(bundle: Bundle, graph: str, precision: str | None) -> Path:
-    """A diffusion part's graph: its INT8 twin where the bundle quantized that part, else FP32 (parts that
-    do not pay for INT8 are left FP32 by the export)."""
-    if precision == "int8" and graph not in (bundle.meta.get("int8") or {}):
-        if not bundle.meta.get("int8"):
-            return graph_for(bundle, graph, precision)          # no INT8 graph at all: the BundleError with the hint
-        return bundle.file(graph)
-    return graph_for(bundle, graph, precision)
 
 
 def open_onnxruntime(bundle: Bundle, options: LoadOptions) -> BaseBackend:

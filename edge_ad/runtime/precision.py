@@ -39,11 +39,12 @@ def check_precision(precision: str | None, backend: str, allowed: tuple[str, ...
 
 def graph_for(bundle: "Bundle", graph: str, precision: str | None) -> "Path":
     """The file to run for the bundle's FP32 `graph` ("model.onnx", or a diffusion part's graph): its INT8
-    twin for precision "int8" (a BundleError when the bundle has none), else the FP32 graph itself."""
+    twin for precision "int8", else the FP32 graph itself. A bundle with no INT8 graph at all is a
+    BundleError; a part the export left in FP32 (its twin not listed) runs in FP32."""
     if precision != "int8":
         return bundle.file(graph)
     twins = bundle.meta.get("int8") or {}
-    if graph not in twins:
+    if not twins:
         raise BundleError(f"{bundle.path} has no INT8 graph for {graph}: re-export it with `edge-ad export RUN "
                           "--int8` (calibrated on the run's good images), or load it without precision='int8'")
-    return bundle.file(twins[graph])
+    return bundle.file(twins.get(graph, graph))
