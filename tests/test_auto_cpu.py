@@ -1,5 +1,6 @@
-"""`auto` on a CPU box with OpenVINO keeps the faster of OpenVINO and ONNX Runtime for the bundle
-(edge_ad/runtime/auto_cpu.py): real backends on a real bundle; the slow one is made slow by a delay."""
+"""`auto` on a CPU box with OpenVINO keeps the fastest of OpenVINO and ONNX Runtime (and of the bundle's
+FP32 and INT8 graphs: tests/test_int8.py) for the bundle (edge_ad/runtime/auto_cpu.py): real backends on
+a real bundle; the slow one is made slow by a delay."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 import edge_ad
 from edge_ad.bundle import read_bundle
-from edge_ad.runtime.auto_cpu import faster_backend
+from edge_ad.runtime.auto_cpu import fastest_backend
 from edge_ad.runtime.backend import LoadOptions
 from edge_ad.runtime.registry import get_backend, openvino_for_cpu
 
@@ -47,7 +48,7 @@ def test_the_faster_is_kept_and_the_slower_closed(tiny_bundle, slow) -> None:
             return made[name]
         return make
 
-    kept = faster_backend(build("openvino-cpu"), build("onnxruntime-cpu"), 64, 64)
+    kept = fastest_backend([build("openvino-cpu"), build("onnxruntime-cpu")], 64, 64)
     fast = "onnxruntime" if slow == "openvino-cpu" else "openvino"
     assert kept.name == fast and made[slow].closed
 
@@ -55,8 +56,13 @@ def test_the_faster_is_kept_and_the_slower_closed(tiny_bundle, slow) -> None:
 def test_the_probe_can_be_switched_off(tiny_bundle, monkeypatch) -> None:
     monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")
     called = []
-    kept = faster_backend(lambda: _opened(tiny_bundle, "openvino-cpu"), lambda: called.append(1), 64, 64)
+    kept = fastest_backend([lambda: _opened(tiny_bundle, "openvino-cpu"), lambda: called.append(1)], 64, 64)
     assert kept.name == "openvino" and not called
+
+
+def test_no_candidate_is_an_error() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        fastest_backend([], 64, 64)
 
 
 @pytest.mark.skipif(not openvino_for_cpu(), reason="auto runs OpenVINO only on x86-64 CPUs")

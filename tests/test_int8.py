@@ -150,21 +150,46 @@ def test_the_int8_graph_keeps_the_map_shape_and_fuses_its_convolutions(int8_bund
     assert report["check"]["score_rank_correlation"] > 0.5
 
 
-def test_the_search_gives_back_the_group_that_helps_most_and_stops_at_the_target() -> None:
-    from edge_ad_export.int8 import search_fp32
+def test_the_search_puts_the_costly_groups_that_disturb_little_in_int8_first() -> None:
+    """Errors add up here; the search ranks groups by arithmetic per unit of their error alone and adds
+    each one that keeps the total within the target."""
+    from edge_ad_export.int8 import select_int8
 
-    groups = {"a": ["a1"], "b": ["b1", "b2"], "c": ["c1"]}
-    cost = {"a1": 0.1, "b1": 0.3, "b2": 0.2, "c1": 0.05}
+    groups = {"stem": ["s"], "block": ["b1", "b2"], "head": ["h"], "tiny": ["t"], "loud": ["l"]}
+    macs = {"s": 10, "b1": 100, "b2": 100, "h": 500, "t": 1, "l": 1000}
+    alone = {"stem": 0.05, "block": 0.10, "head": 0.08, "tiny": 0.01, "loud": 0.9}
 
-    def error(fp32: list[str]) -> float:                 # what is left in INT8 adds up
-        return sum(v for k, v in cost.items() if k not in fp32)
+    def error(int8_groups: list[str]) -> float:
+        return sum(alone[g] for g in int8_groups)
 
-    found = search_fp32(groups, error, target=0.2, max_groups=3)
-    assert found["fp32_groups"] == ["b"] and found["stopped"] == "target met"
-    assert [p["error"] for p in found["path"]] == [0.65, 0.15]
-    capped = search_fp32(groups, error, target=0.0, max_groups=2)
-    assert capped["fp32_groups"] == ["b", "a"] and "2 groups" in capped["stopped"]
-    assert search_fp32(groups, error, target=1.0)["fp32_groups"] == []      # already within the target
+    found = select_int8(groups, macs, error, target=0.2)
+    assert found["int8_groups"] == ["head", "block", "tiny"]   # by 500/0.08 > 200/0.1 > 10/0.05 > 1/0.01
+    assert found["fp32_groups"] == ["stem", "loud"]             # stem: 0.23 with the others; loud: 0.9 alone
+    assert abs(found["error"] - 0.19) < 1e-9
+    assert found["int8_mac_share"] == round(701 / 1711, 4)
+    assert found["alone"]["loud"] == {"error": 0.9, "macs": 1000}
+    assert select_int8(groups, macs, error, target=0.0)["int8_groups"] == []
+
+
+def test_the_arithmetic_of_each_weighted_node_comes_from_a_real_run(tmp_path) -> None:
+    """A 3x3 convolution of 4 -> 8 channels on a 10 x 12 map: 8 * 10 * 12 outputs of 4 * 9 products each;
+    a MatMul of 5 x 6 by 6 x 7: 35 outputs of 6 products."""
+    from onnx import TensorProto, helper
+
+    from edge_ad_export.int8 import weighted_macs
+
+    w = onnx.numpy_helper.from_array(np.ones((8, 4, 3, 3), np.float32), "w")
+    m = onnx.numpy_helper.from_array(np.ones((12, 7), np.float32), "m")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["y", "shape"], ["r"], name="flat"),
+             helper.make_node("MatMul", ["r", "m"], ["z"], name="mm")]
+    shape = onnx.numpy_helper.from_array(np.array([1, -1, 12], np.int64), "shape")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, None, None])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w, m, shape])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    macs = weighted_macs(path, "x", np.zeros((2, 4, 10, 12), np.float32), {}, list(graph.node))
+    assert macs == {"conv": 8 * 10 * 12 * 4 * 9, "mm": 80 * 7 * 12}
 
 
 def test_tensorrt_form_is_symmetric_int8_and_computes_the_same(int8_bundle) -> None:
@@ -285,3 +310,23 @@ def test_a_graph_left_fp32_by_the_export_runs_in_fp32(int8_bundle) -> None:
     assert graph_for(bundle, "model.onnx", "int8").name == "model.int8.onnx"
     assert graph_for(bundle, "decoder.onnx", "int8").name == "decoder.onnx"
     assert graph_for(bundle, "model.onnx", None).name == "model.onnx"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_auto_on_a_cpu_box_may_pick_the_checked_int8_graph(int8_bundle, monkeypatch) -> None:
+    """auto's candidates lead with the INT8 graph on OpenVINO (the probe off keeps the first); a named
+    precision keeps to its graph; with the probe on, whatever wins runs and says its precision."""
+    from edge_ad.runtime.registry import openvino_for_cpu
+
+    if not openvino_for_cpu():
+        pytest.skip("auto runs OpenVINO only on x86-64 CPUs")
+    monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")
+    with edge_ad.load(int8_bundle) as first:
+        assert (first.backend.name, first.backend.precision) == ("openvino", "int8")
+    with edge_ad.load(int8_bundle, precision="fp32") as fp32:
+        assert (fp32.backend.name, fp32.backend.precision) == ("openvino", "fp32")
+    monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "1")
+    frame = _images(1, 9)[0]
+    with edge_ad.load(int8_bundle) as picked, edge_ad.load(int8_bundle, "onnxruntime-cpu") as reference:
+        assert picked.backend.precision in ("int8", "fp32")
+        assert picked.predict(frame).score == pytest.approx(reference.predict(frame).score, abs=0.2)

@@ -75,21 +75,27 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
 
 
 def _open(requested: str, entry, bundle: Bundle, options: LoadOptions, kind: str) -> Backend:
-    """The entry's backend; for "auto" on OpenVINO (a CPU box) the faster of it and ONNX Runtime on this
-    bundle (edge_ad.runtime.auto_cpu), a diffusion bundle on ONNX Runtime, when the user named no precision."""
-    if requested != "auto" or entry.name != "openvino" or options.precision not in (None, "fp32"):
+    """The entry's backend; for "auto" on OpenVINO (a CPU box) the fastest of OpenVINO and ONNX Runtime on
+    the bundle's FP32 graph and, when it has one, its INT8 graph (edge_ad.runtime.auto_cpu; a named
+    precision keeps to it); a diffusion bundle on ONNX Runtime."""
+    if requested != "auto" or entry.name != "openvino" or options.precision not in (None, "fp32", "int8"):
         return entry.open(bundle, options)
-    from edge_ad.runtime.auto_cpu import faster_backend
+    from edge_ad.runtime.auto_cpu import fastest_backend
     from edge_ad.runtime.registry import get_backend
 
     ort = get_backend("onnxruntime-cpu")
-    if ort.missing():
-        return entry.open(bundle, options)
-    ort_options = replace(options, device="cpu", precision=None)
     if kind == "latent_ddim":
-        return ort.open(bundle, ort_options)
+        return entry.open(bundle, options) if ort.missing() else ort.open(bundle, replace(options, device="cpu",
+                                                                                        precision=None))
+    precisions = [p for p in ("int8", "fp32") if p == options.precision
+                  or options.precision is None and (p == "fp32" or bundle.meta.get("int8"))]
+    candidates = []
+    for precision in precisions:
+        candidates.append(lambda p=precision: entry.open(bundle, replace(options, precision=p)))
+        if not ort.missing():
+            candidates.append(lambda p=precision: ort.open(bundle, replace(options, device="cpu", precision=p)))
     size = (bundle.meta["input"]["height"], bundle.meta["input"]["width"])
-    return faster_backend(lambda: entry.open(bundle, options), lambda: ort.open(bundle, ort_options), *size)
+    return fastest_backend(candidates, *size)
 
 
 def pipeline_kind(bundle: Bundle) -> str:

@@ -236,13 +236,15 @@ def open_backend(spec: str, config: BenchConfig) -> tuple[Detector | None, str]:
     if entry.device == "cuda" and not gpu_present():
         return None, "no CUDA GPU here"
     profile = (1, 1, max(8, *config.batches))
-    precision = precision or entry.precision          # "auto" fixes one (OpenVINO's f32 hint)
-    label = entry.name + (f":{precision}" if precision else "")
     try:
-        return edge_ad.load(config.bundle, backend=entry.name, batch=profile, triton_url=config.triton_url,
-                            precision=precision), label
+        detector = edge_ad.load(config.bundle, backend=requested if requested == "auto" else entry.name,
+                                batch=profile, triton_url=config.triton_url, precision=precision)
     except (BackendUnavailable, RuntimeError, ValueError, OSError, ImportError) as err:
         return None, f"cannot run here: {err}"
+    if requested == "auto":                           # what edge_ad.load picked, its timing probe included
+        chosen = getattr(detector.backend, "precision", None)
+        return detector, f"auto ({detector.backend.name}{f':{chosen}' if chosen else ''})"
+    return detector, entry.name + (f":{precision}" if precision else "")
 
 
 def precision_of(label: str, detector: Detector) -> str:

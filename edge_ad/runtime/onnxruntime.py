@@ -104,6 +104,7 @@ class OrtBackend(BaseBackend):
     the bundle's input size (meta.json), checked against the graph's input."""
 
     name = "onnxruntime"
+    precision = "fp32"                   # "int8" when open_onnxruntime runs the bundle's INT8 graph
 
     def __init__(self, model_path: Path, *, device: str = "auto", threads: int | None = None,
                  spinning: bool = False, feeds: dict[str, np.ndarray] | None = None,
@@ -159,5 +160,8 @@ def open_onnxruntime(bundle: Bundle, options: LoadOptions) -> BaseBackend:
         return LatentDdimBackend(bundle, options.plan, device=options.device, threads=options.threads,
                                  precision=options.precision)
     feeds = seeded_inputs(bundle.meta.get("graph_inputs", {}), options.seed)
-    return OrtBackend(graph_for(bundle, "model.onnx", options.precision), device=options.device, threads=options.threads, feeds=feeds,
-                      input_hw=(bundle.meta["input"]["height"], bundle.meta["input"]["width"]))
+    backend = OrtBackend(graph_for(bundle, "model.onnx", options.precision), device=options.device,
+                         threads=options.threads, feeds=feeds,
+                         input_hw=(bundle.meta["input"]["height"], bundle.meta["input"]["width"]))
+    backend.precision = "int8" if options.precision == "int8" else "fp32"
+    return backend
