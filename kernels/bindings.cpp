@@ -4,10 +4,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "kernels.h"
 
@@ -140,6 +144,82 @@ py::array ddim_numpy(const py::array& x_t, const py::array& eps, double a_t, dou
   return result;
 }
 
+// Rows of an image array: its pixels must be contiguous within a row (any row stride).
+bool rows_of_contiguous_pixels(const py::array& a) {
+  const py::ssize_t item = 1;   // uint8
+  if (a.ndim() == 2) return a.shape(1) == 1 || a.strides(1) == item;
+  return (a.shape(2) == 1 || a.strides(2) == item) &&
+         (a.shape(1) == 1 || a.strides(1) == a.shape(2) * item);
+}
+
+// [lowest, highest] byte an array's elements touch.
+std::pair<const char*, const char*> byte_span(const py::array& a) {
+  const char* lo = static_cast<const char*>(a.data());
+  const char* hi = lo;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    const py::ssize_t reach = (a.shape(d) - 1) * a.strides(d);
+    (reach < 0 ? lo : hi) += reach;
+  }
+  return {lo, hi + a.itemsize() - 1};
+}
+
+py::array resize_area_numpy(const py::array& image, int out_h, int out_w, std::optional<py::array> out,
+                            bool avx2) {
+  if (image.dtype().kind() != 'u' || image.dtype().itemsize() != 1) {
+    throw py::type_error("image must be uint8, got dtype " + std::string(py::str(image.dtype())) +
+                         "; use cv2.resize(..., interpolation=cv2.INTER_AREA) for other types");
+  }
+  if (image.ndim() != 2 && image.ndim() != 3) {
+    throw py::value_error("image must be H x W or H x W x C, got " + std::to_string(image.ndim()) +
+                          " dimensions");
+  }
+  if (image.shape(0) > INT32_MAX / 2 || image.shape(1) > INT32_MAX / 2) {
+    throw py::value_error("image is too large; use cv2.resize");
+  }
+  AreaResizeParams p;
+  p.src_h = static_cast<int>(image.shape(0));
+  p.src_w = static_cast<int>(image.shape(1));
+  p.channels = image.ndim() == 3 ? static_cast<int>(std::min<py::ssize_t>(image.shape(2), INT32_MAX)) : 1;
+  p.dst_h = out_h;
+  p.dst_w = out_w;
+  p.avx2 = avx2;
+  validate(p);
+  if (!rows_of_contiguous_pixels(image)) {
+    throw py::value_error("the pixels within each row of image must be contiguous (a view that skips "
+                          "pixels or reverses channels is not); pass np.ascontiguousarray(image)");
+  }
+  std::vector<py::ssize_t> shape{out_h, out_w};
+  if (image.ndim() == 3) shape.push_back(p.channels);
+  py::array result = out ? *out : py::array(image.dtype(), shape);
+  if (out) {
+    if (result.dtype().kind() != 'u' || result.dtype().itemsize() != 1) {
+      throw py::type_error("out must be uint8, got dtype " + std::string(py::str(result.dtype())));
+    }
+    if (result.ndim() != image.ndim() ||
+        !std::equal(shape.begin(), shape.end(), result.shape())) {
+      throw py::value_error("out must have shape (out_h, out_w" +
+                            std::string(image.ndim() == 3 ? ", C)" : ")") + " = " +
+                            std::string(py::str(py::tuple(py::cast(shape)))));
+    }
+    if (!result.writeable()) throw py::value_error("out must be writeable");
+    if (!rows_of_contiguous_pixels(result)) {
+      throw py::value_error("the pixels within each row of out must be contiguous");
+    }
+    const auto a = byte_span(image), b = byte_span(result);
+    if (a.first <= b.second && b.first <= a.second) {
+      throw py::value_error("out must not overlap image; give a separate array");
+    }
+  }
+  const auto* src = static_cast<const uint8_t*>(image.data());
+  auto* dst = static_cast<uint8_t*>(result.mutable_data());
+  const int64_t src_stride = image.strides(0), dst_stride = result.strides(0);
+  {
+    py::gil_scoped_release release;
+    resize_area_cpu(src, src_stride, dst, dst_stride, p);
+  }
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -166,6 +246,12 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("ddim_step_cpu", &ddim_numpy, py::arg("x_t"), py::arg("eps"), py::arg("alpha_bar_t"),
         py::arg("alpha_bar_prev"), py::kw_only(), py::arg("clamp") = py::none(),
         py::arg("out") = py::none(), "One deterministic DDIM step (eta = 0), fp32 or fp16.");
+
+  m.def("resize_area_cpu", &resize_area_numpy, py::arg("image"), py::arg("out_h"), py::arg("out_w"),
+        py::kw_only(), py::arg("out") = py::none(), py::arg("avx2") = true,
+        "uint8 H x W (x 1/3/4) image shrunk to out_h x out_w by area averaging: the pixels of "
+        "cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA). One thread. avx2=False: the "
+        "baseline build even on an AVX2 CPU (for tests and comparisons).");
 
 #ifdef EDGE_AD_WITH_CUDA
   m.def("heatmap_cuda_workspace_bytes",

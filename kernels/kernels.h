@@ -51,6 +51,19 @@ DdimCoefficients ddim_coefficients(const DdimParams& p);
 void ddim_step_cpu(const void* x_t, const void* eps, void* x_prev, int64_t count, DType dtype,
                    const DdimParams& p);
 
+// Area-averaging downscale of uint8 images, pixel for pixel cv2.resize(..., INTER_AREA) (resize_cpu.cpp).
+struct AreaResizeParams {
+  int src_h = 0, src_w = 0;         // input H x W
+  int dst_h = 0, dst_w = 0;         // output, 1 <= dst <= src on both axes
+  int channels = 0;                 // interleaved: 1, 3 or 4
+  bool avx2 = true;                 // x86-64: the AVX2 build when the CPU has it (false: baseline)
+};
+
+void validate(const AreaResizeParams& p);
+// Rows are src_stride / dst_stride bytes apart (any sign); the pixels of a row are contiguous. One thread.
+void resize_area_cpu(const uint8_t* src, int64_t src_stride, uint8_t* dst, int64_t dst_stride,
+                     const AreaResizeParams& p);
+
 #ifdef EDGE_AD_WITH_CUDA
 std::size_t heatmap_cuda_workspace_bytes(const HeatmapParams& p);
 // All pointers are device pointers; workspace holds heatmap_cuda_workspace_bytes(p) bytes.
