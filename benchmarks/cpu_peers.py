@@ -8,14 +8,17 @@ For every model: one trained run per synthetic category (UniAD: one for all, its
 setting; SPR and DiffAD: the texture `weave`, as in benchmarks/accuracy.py), exported with its INT8
 graph (`edge-ad export --int8`, calibrated on the run's good images). Then, on the first category's
 bundle, every configuration below through `edge-ad bench` (edge_ad.runtime.bench: the same timing
-code, model-only = a prepared batch -> image scores, e2e = 640 x 480 BGR frames -> Results), and the
-image AUROC of each on every category's test split:
+code, model-only = a prepared batch -> image scores, e2e = 640 x 480 BGR frames -> Results), in
+`--rounds` passes over all of them (the machine drifts: each row is the median of its rounds, each
+round's FPS kept), and the image AUROC of each on every category's test split:
 
 - torch-cpu: the checkpoint in PyTorch, eager FP32 (the training side's backend);
 - onnxruntime-cpu: edge_ad's ONNX Runtime session on the FP32 graph; `:int8` on the Q/DQ graph;
 - openvino-cpu: `:fp32` (f32 inference-precision hint), its default hint (bfloat16 on CPUs that have
-  it: recorded in each row's "precision"), `:int8` on the Q/DQ graph;
-- auto: what `edge_ad.load(bundle)` picks on this box (edge_ad's default CPU path).
+  it: recorded in each row's "precision"), `:int8` on the Q/DQ graph (float parts f32), `:int8+bf16`
+  (float parts at the bf16 hint);
+- auto: what `edge_ad.load(bundle)` picks on this box (edge_ad's default CPU path: the fastest
+  configuration that keeps the bundle's verdict set, edge_ad/runtime/auto_cpu.py), its pick in the label.
 
 Training budgets are shortened to fit one session (`BUDGETS`, recorded per model): the table compares
 configurations of the same trained model, and its AUROC column is the accuracy each configuration
@@ -26,7 +29,9 @@ SimpleNet runs at its paper's 288 px, the size the issue's goals name.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +40,7 @@ from common import environment, read_results, write_json
 
 CATEGORIES = ("weave", "washer", "conveyor")
 SPECS = ("torch-cpu", "onnxruntime-cpu", "onnxruntime-cpu:int8", "openvino-cpu:fp32", "openvino-cpu",
-         "openvino-cpu:int8", "auto")
+         "openvino-cpu:int8", "openvino-cpu:int8+bf16", "auto")
 # (categories, TrainConfig fields): shortened CPU budgets, see the docstring.
 BUDGETS: dict[str, tuple[tuple[str, ...], dict]] = {
     "simplenet": (CATEGORIES, {"epochs": 15, "model_kwargs": {"image_size": 288, "resize_size": 329}}),
@@ -110,24 +115,63 @@ def auroc_of(spec: str, bundle: Path, category: Path) -> float | None:
         return accuracy(detector, *read_test_split(category, geometry), 8)["image_auroc"]
 
 
-def measure_model(name: str, folders: dict[str, Path], work: Path, iters: int) -> dict:
-    """Timing rows on the first category's bundle, and every configuration's AUROC on every category."""
+def _merged(rounds: list[dict]) -> list[dict]:
+    """One row per (configuration, batch) from several bench runs: the median of the rounds' FPS and
+    latencies, each round's FPS kept; rows keyed by the configuration asked for, so auto's rows stay one
+    row when its pick differs between rounds (its label says each pick)."""
+    by: dict[tuple[str, int], list[dict]] = {}
+    for report in rounds:
+        asked = {label: spec for spec, label in report["resolved"].items()}
+        for row in report["rows"]:
+            by.setdefault((asked.get(row["backend"], row["backend"]), row["batch"]), []).append(row)
+    merged = []
+    for (spec, _), rows in by.items():
+        row = dict(rows[-1])
+        labels = list(dict.fromkeys(r["backend"] for r in rows))
+        row["spec"], row["backend"] = spec, " / ".join(labels) if spec == "auto" else rows[-1]["backend"]
+        for mode in ("model", "e2e"):
+            row[mode] = {**rows[-1][mode], **{k: statistics.median(r[mode][k] for r in rows)
+                                              for k in ("fps", "p50_ms", "p99_ms", "mean_ms")},
+                         "rounds_fps": [round(r[mode]["fps"], 1) for r in rows]}
+        merged.append(row)
+    return merged
+
+
+def measure_model(name: str, folders: dict[str, Path], work: Path, iters: int, rounds: int,
+                  batches: list[int]) -> dict:
+    """Timing rows on the first category's bundle (`rounds` passes over every configuration, merged), and
+    every configuration's AUROC on every category."""
     from edge_ad.runtime.bench import BenchConfig, run
 
     bundles, refused = export_bundles(name, folders, work)
     first = next(iter(bundles))
-    report = run(BenchConfig(bundle=bundles[first], backends=list(SPECS), batches=[1, 8], iters=iters, warmup=5),
-                 echo=lambda line: print(f"  {name} {line}", flush=True))
-    auto = report["resolved"].get("auto")
-    for row in report["rows"]:
-        row["is_auto"] = row["backend"] == auto
-        row["image_auroc"] = {c: auroc_of(row["backend"], bundles[c], folders[c]) for c in bundles}
+    reports = [run(BenchConfig(bundle=bundles[first], backends=list(SPECS), batches=batches, iters=iters, warmup=5),
+                   echo=lambda line, k=k: print(f"  {name} round {k + 1}: {line}", flush=True)) for k in range(rounds)]
+    rows = _merged(reports)
+    for row in rows:
+        row["is_auto"] = row["spec"] == "auto"
+        row["image_auroc"] = {c: auroc_of(row["spec"], bundles[c], folders[c]) for c in bundles}
         values = [v for v in row["image_auroc"].values() if v is not None]
         row["image_auroc_mean"] = sum(values) / len(values) if values else None
     cats, fields = BUDGETS[name]
-    return {"rows": report["rows"], "auto": auto, "int8_refused": refused, "skipped": report["skipped"], "failed": report["failed"],
+    return {"rows": rows, "auto": [r["backend"] for r in rows if r["is_auto"]][:1], "int8_refused": refused,
+            "skipped": reports[-1]["skipped"], "failed": {k: v for r in reports for k, v in r["failed"].items()},
+            "rounds": rounds, "iters": iters, "int8": _int8_report(bundles),
             "budget": {"categories": list(cats), "unified": name in UNIFIED, "budget": "cpu", **fields},
             "bundle": str(bundles[first])}
+
+
+def _int8_report(bundles: dict[str, Path]) -> dict:
+    """Per category: the INT8 selection and check the export recorded (parity.json), where it wrote one."""
+    out = {}
+    for cat, bundle in bundles.items():
+        parity = json.loads((bundle / "parity.json").read_text()) if (bundle / "parity.json").is_file() else {}
+        report = parity.get("int8", {}).get("model.onnx")
+        if report:
+            search = report.get("search", {})
+            out[cat] = {"int8_groups": search.get("int8_groups"), "int8_mac_share": search.get("int8_mac_share"),
+                        "search_error": search.get("error"), "check": report.get("check")}
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -142,7 +186,7 @@ def markdown(results: dict) -> str:
             by.setdefault(row["backend"], {})[row["batch"]] = row
         for label, rows in by.items():
             one, eight = rows.get(1), rows.get(8)
-            auto = " (auto)" if one and one.get("is_auto") else ""
+            auto = ""
             fps = lambda mode: " / ".join(f"{r[mode]['fps']:.1f}" if r else "-" for r in (one, eight))  # noqa: E731
             auroc = one.get("image_auroc_mean") if one else None
             lines.append(f"| {name} | {label}{auto} | {one['precision'] if one else '-'} | {fps('model')} | "
@@ -156,9 +200,11 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(BUDGETS))
-    parser.add_argument("--phase", choices=("train", "measure", "all"), default="all")
+    parser.add_argument("--phase", choices=("train", "export", "measure", "all"), default="all")
     parser.add_argument("--work", default="runs/cpu-peers", help="data, runs and bundles go here (reused)")
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over every configuration, merged by median")
+    parser.add_argument("--batches", default="1,8")
     parser.add_argument("--json", help="{model: {rows, budget, ...}}: the models measured replace their entries")
     parser.add_argument("--table", action="store_true", help="print the README table of --json and stop")
     args = parser.parse_args(argv)
@@ -176,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         seconds = train_model(name, folders, work)
         if args.phase == "train":
             continue
-        results[name] = {**measure_model(name, folders, work, args.iters), "train_seconds_now": seconds}
+        if args.phase == "export":
+            print(f"{name}: INT8 refused for {export_bundles(name, folders, work)[1] or 'none'}", flush=True)
+            continue
+        batches = [int(b) for b in args.batches.split(",")]
+        results[name] = {**measure_model(name, folders, work, args.iters, args.rounds, batches),
+                         "train_seconds_now": seconds}
         results["environment"] = environment(("edge_ad", "torch", "onnxruntime", "openvino", "numpy"))
         if args.json:
             write_json(args.json, results)

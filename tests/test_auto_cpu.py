@@ -11,7 +11,7 @@ import pytest
 
 import edge_ad
 from edge_ad.bundle import read_bundle
-from edge_ad.runtime.auto_cpu import fastest_backend
+from edge_ad.runtime.auto_cpu import Candidate, fastest_backend
 from edge_ad.runtime.backend import LoadOptions
 from edge_ad.runtime.registry import get_backend, openvino_for_cpu
 
@@ -19,13 +19,13 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, re
 
 
 class Delayed:
-    """A real backend, 30 ms slower per call, that records whether it was closed."""
+    """A real backend, `delay` s (30 ms) slower per call, that records whether it was closed."""
 
-    def __init__(self, backend) -> None:
-        self.backend, self.name, self.closed = backend, backend.name, False
+    def __init__(self, backend, delay: float = 0.03) -> None:
+        self.backend, self.name, self.closed, self.delay = backend, backend.name, False, delay
 
     def infer(self, batch):
-        time.sleep(0.03)
+        time.sleep(self.delay)
         return self.backend.infer(batch)
 
     def close(self) -> None:
@@ -48,7 +48,7 @@ def test_the_faster_is_kept_and_the_slower_closed(tiny_bundle, slow) -> None:
             return made[name]
         return make
 
-    kept = fastest_backend([build("openvino-cpu"), build("onnxruntime-cpu")], 64, 64)
+    kept = fastest_backend([Candidate("ov", build("openvino-cpu")), Candidate("ort", build("onnxruntime-cpu"))], 64, 64)
     fast = "onnxruntime" if slow == "openvino-cpu" else "openvino"
     assert kept.name == fast and made[slow].closed
 
@@ -56,8 +56,41 @@ def test_the_faster_is_kept_and_the_slower_closed(tiny_bundle, slow) -> None:
 def test_the_probe_can_be_switched_off(tiny_bundle, monkeypatch) -> None:
     monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")
     called = []
-    kept = fastest_backend([lambda: _opened(tiny_bundle, "openvino-cpu"), lambda: called.append(1)], 64, 64)
-    assert kept.name == "openvino" and not called
+    kept = fastest_backend([Candidate("ov", lambda: _opened(tiny_bundle, "openvino-cpu")),
+                            Candidate("ort", lambda: called.append(1) or _opened(tiny_bundle, "onnxruntime-cpu"))],
+                           64, 64)
+    assert kept.name == "openvino" and kept.auto_probe["picked"] == "ov" and not kept.auto_probe["timed"]
+
+
+def test_the_fastest_that_fails_its_check_is_passed_over(tiny_bundle) -> None:
+    """A reduced precision is kept only when its check passes: the faster backend here fails it."""
+    made = {}
+
+    def build(name, slow):
+        def make():
+            backend = _opened(tiny_bundle, name)
+            made[name] = Delayed(backend, 0.03 if slow else 0.0)
+            return made[name]
+        return make
+
+    refuse = lambda backend: {"kept": False, "flips": 1, "max_abs_diff": 0.5}  # noqa: E731
+    kept = fastest_backend([Candidate("fast-reduced", build("openvino-cpu", False), refuse),
+                            Candidate("slow-fp32", build("onnxruntime-cpu", True))], 64, 64)
+    assert kept is made["onnxruntime-cpu"] and made["openvino-cpu"].closed and not kept.closed
+    probe = kept.auto_probe
+    assert probe["picked"] == "slow-fp32" and probe["candidates"]["fast-reduced"]["check"]["flips"] == 1
+    assert probe["candidates"]["fast-reduced"]["ms"] < probe["candidates"]["slow-fp32"]["ms"]
+
+
+def test_a_candidate_that_cannot_open_here_is_left_out(tiny_bundle) -> None:
+    def refuse():
+        raise ValueError("this CPU does not compute in bf16")
+
+    kept = fastest_backend([Candidate("bf16", refuse), Candidate("ort", lambda: _opened(tiny_bundle, "onnxruntime-cpu"))],
+                           64, 64)
+    assert kept.name == "onnxruntime" and "bf16" not in kept.auto_probe["candidates"]
+    with pytest.raises(ValueError, match="bf16"):
+        fastest_backend([Candidate("bf16", refuse)], 64, 64)
 
 
 def test_no_candidate_is_an_error() -> None:

@@ -270,6 +270,8 @@ def test_auto_without_onnxruntime_is_openvino_and_without_openvino_onnxruntime(t
     """
     if not gpu_present():
         out = python_without(("onnxruntime", "tensorrt"), code, timeout=120)
-        assert out.returncode == 0 and out.stdout.split() == ["openvino", "fp32"], out.stderr[-2000:]
+        # fp32, or bf16 where this CPU computes in it and the check on the bundle's verdict set passed
+        assert out.returncode == 0 and out.stdout.split()[0] == "openvino", out.stderr[-2000:]
+        assert out.stdout.split()[1] in ("fp32", "bf16"), out.stdout
     out = python_without(("openvino", "tensorrt"), code, timeout=120)
     assert out.returncode == 0 and out.stdout.split()[0] == "onnxruntime", out.stderr[-2000:]

@@ -198,7 +198,7 @@ def test_edge_ad_stream_flags_exactly_the_frames_above_the_bundle_threshold(tiny
     frames = _frames(6, seed=3)
     for i, frame in enumerate(frames):
         cv2.imwrite(str(folder / f"{i:02d}.png"), frame)
-    scores = np.array([r.score for r in edge_ad.load(bundle).predict(frames)])
+    scores = np.array([r.score for r in edge_ad.load(bundle, "onnxruntime-cpu").predict(frames)])
     threshold = float(np.sort(scores)[2:4].mean())
 
     def calibrate_between(meta: dict) -> None:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge_ad.bundle import Bundle, read_bundle
+from edge_ad.postprocess import HeatmapSpec
 from edge_ad.runtime.backend import Backend, LoadOptions
 from edge_ad.runtime.ddim_plan import DdimPlan
 from edge_ad.runtime.precision import PRECISIONS, check_precision
@@ -75,9 +76,9 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
 
 
 def _open(requested: str, entry, bundle: Bundle, options: LoadOptions, kind: str) -> Backend:
-    """The entry's backend; for "auto" on OpenVINO (a CPU box) the fastest of OpenVINO and ONNX Runtime on
-    the bundle's FP32 graph and, when it has one, its INT8 graph (edge_ad.runtime.auto_cpu; a named
-    precision keeps to it); a diffusion bundle on ONNX Runtime."""
+    """The entry's backend; for "auto" on OpenVINO (a CPU box) the fastest configuration of OpenVINO and
+    ONNX Runtime that keeps the bundle's verdicts (edge_ad.runtime.auto_cpu; a named precision keeps to its
+    graph); a diffusion bundle on ONNX Runtime."""
     if requested != "auto" or entry.name != "openvino" or options.precision not in (None, "fp32", "int8"):
         return entry.open(bundle, options)
     from edge_ad.runtime.auto_cpu import fastest_backend
@@ -87,15 +88,35 @@ def _open(requested: str, entry, bundle: Bundle, options: LoadOptions, kind: str
     if kind == "latent_ddim":
         return entry.open(bundle, options) if ort.missing() else ort.open(bundle, replace(options, device="cpu",
                                                                                         precision=None))
-    precisions = [p for p in ("int8", "fp32") if p == options.precision
-                  or options.precision is None and (p == "fp32" or bundle.meta.get("int8"))]
-    candidates = []
-    for precision in precisions:
-        candidates.append(lambda p=precision: entry.open(bundle, replace(options, precision=p)))
-        if not ort.missing():
-            candidates.append(lambda p=precision: ort.open(bundle, replace(options, device="cpu", precision=p)))
     size = (bundle.meta["input"]["height"], bundle.meta["input"]["width"])
-    return fastest_backend(candidates, *size)
+    return fastest_backend(_cpu_candidates(entry, None if ort.missing() else ort, bundle, options), *size)
+
+
+def _cpu_candidates(openvino, ort, bundle: Bundle, options: LoadOptions) -> list:
+    """auto's candidates on a CPU box, in the order the probe-less load tries them (auto_cpu)."""
+    from edge_ad.runtime.auto_cpu import Candidate
+    from edge_ad.runtime.verdict_check import read_verdict_set, verdicts_kept
+
+    check_set = read_verdict_set(bundle)
+    spec = HeatmapSpec.from_meta(bundle.meta["heatmap"])
+    check = (lambda backend: verdicts_kept(backend, spec, check_set)) if check_set is not None else None
+    has_int8 = bool(bundle.meta.get("int8"))
+    wanted = options.precision
+    plan = [("openvino", "int8"), ("openvino", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "fp32"),
+            ("openvino", "int8+bf16"), ("openvino", "bf16")]
+    out = []
+    for library, precision in plan:
+        if precision.startswith("int8") and not has_int8 or library == "onnxruntime" and ort is None:
+            continue
+        if wanted is not None and precision != wanted or "bf16" in precision and check is None:
+            continue
+        chosen = openvino if library == "openvino" else ort
+        device = options.device if library == "openvino" else "cpu"
+        out.append(Candidate(f"{library}:{precision}",
+                             lambda e=chosen, p=precision, d=device: e.open(bundle, replace(options, precision=p,
+                                                                                             device=d)),
+                             None if precision == "fp32" else check))
+    return out
 
 
 def pipeline_kind(bundle: Bundle) -> str:

@@ -1,15 +1,19 @@
-"""`backend="auto"` on a CPU box with OpenVINO: the fastest of the bundle's checked graphs on the two libraries.
+"""`backend="auto"` on a CPU box with OpenVINO: the fastest configuration that keeps the bundle's verdicts.
 
-Candidates, in this order: OpenVINO (f32 hint) on the INT8 graph and ONNX Runtime on it, when the bundle
-has one (`edge-ad export --int8` writes it only when it changes no verdict on the run's images), then
-OpenVINO (f32 hint) and ONNX Runtime on the FP32 graph. Which is fastest depends on the graph, so it is
-measured at load, not assumed: on the 2-core AMD EPYC (benchmarks/results/cpu-peers.json) OpenVINO's f32
-hint ran SimpleNet and MKD 1.7x faster than ONNX Runtime, SPR 3.6x slower, and SimpleNet's INT8 graph
-on OpenVINO 2.4x faster than ONNX Runtime's FP32. Each candidate scores one seeded prepared frame (a
-warm-up, then the median of 3 calls) and all but the fastest are closed: well under a second per
-candidate for these models. `precision="fp32"` leaves out the INT8 graph, `precision="int8"` the FP32
-one. Diffusion bundles (several seconds a frame on a CPU) are not probed and stay on ONNX Runtime.
-`EDGE_AD_AUTO_PROBE=0` skips the timing and keeps the first candidate.
+Candidates: OpenVINO (f32 hint) and ONNX Runtime on the FP32 graph; with the bundle's INT8 graph
+(`edge-ad export --int8`, written only when it changes no verdict on the run's images) OpenVINO and ONNX
+Runtime on it; and, on CPUs that compute in bfloat16 and for bundles that carry a verdict set
+(`verdicts.npz`, edge_ad/runtime/verdict_check.py), OpenVINO's bf16 hint on the FP32 graph and on the INT8
+graph's float parts. Which is fastest depends on the graph and the CPU, so it is measured at load: each
+candidate scores one seeded prepared frame (a warm-up each, then 3 interleaved rounds of 2 calls; the
+median). Then, fastest first,
+a candidate in reduced precision (INT8, bf16) is kept only if it changes no verdict of the verdict set
+here, on this CPU; the FP32 ones need no check. Measured on the 2-core AMD EPYC
+(benchmarks/results/cpu-peers.json): OpenVINO's f32 hint ran SimpleNet and MKD 1.7x faster than ONNX
+Runtime and SPR 3.6x slower; the bf16 hint alone flipped one verdict of SimpleNet's `washer` run (an image
+0.004 from the threshold), the INT8 graph with bf16 float parts none. Load takes about a second per
+candidate for these models. `EDGE_AD_AUTO_PROBE=0` skips the timing: the first candidate that passes its
+check is kept. `backend.auto_probe` records what was timed and checked.
 """
 
 from __future__ import annotations
@@ -18,50 +22,79 @@ import logging
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from edge_ad.runtime.backend import Backend
 
-__all__ = ["fastest_backend"]
+__all__ = ["Candidate", "fastest_backend"]
 
 log = logging.getLogger(__name__)
 
-Factory = Callable[[], Backend]
+
+class Candidate(NamedTuple):
+    label: str                              # "openvino:int8", ...
+    make: Callable[[], Backend]
+    check: Callable[[Backend], dict] | None = None     # reduced precision: the verdict check, else None
 
 
-def _median_ms(backend: Backend, batch: np.ndarray, calls: int = 3) -> float:
-    backend.infer(batch)                                   # warm-up: first-call allocations and compilation
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
+def _medians_ms(backends: list[Backend], batch: np.ndarray, rounds: int = 3, calls: int = 2) -> list[float]:
+    """Each backend's median time of one call on `batch`: a warm-up each (first-call allocations and
+    compilation), then `rounds` passes over all of them, `calls` calls each, so that a machine whose speed
+    drifts during the probe slows every candidate alike."""
+    for backend in backends:
         backend.infer(batch)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in backends]
+    for _ in range(rounds):
+        for k, backend in enumerate(backends):
+            for _ in range(calls):
+                start = time.perf_counter()
+                backend.infer(batch)
+                times[k].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
-def _label(backend: Backend) -> str:
-    precision = getattr(backend, "precision", None)
-    return f"{backend.name}:{precision}" if precision else backend.name
+def _opened(candidates: list[Candidate]) -> list[tuple[Candidate, Backend]]:
+    """Each candidate's backend; one that cannot open here (a CPU without bf16: ValueError) is left out,
+    unless none opens: then the first one's error."""
+    out, first_error = [], None
+    for cand in candidates:
+        try:
+            out.append((cand, cand.make()))
+        except (ValueError, RuntimeError) as err:
+            log.info("auto: %s cannot run here (%s)", cand.label, err)
+            first_error = first_error or err
+    if not out:
+        raise first_error if first_error else ValueError("fastest_backend needs at least one candidate")
+    return out
 
 
-def fastest_backend(candidates: list[Factory], height: int, width: int) -> Backend:
-    """The fastest of the backends the callables build, on one seeded frame of the bundle's size; the
-    first alone when there is one candidate or the probe is switched off. The others are closed."""
+def fastest_backend(candidates: list[Candidate], height: int, width: int) -> Backend:
+    """The fastest candidate that passes its check, timed on one seeded frame of the bundle's size (in the
+    given order when the probe is switched off); the others are closed. Raises ValueError when every
+    candidate fails its check (the FP32 ones have none, so a caller that offers one never sees it)."""
     if not candidates:
         raise ValueError("fastest_backend needs at least one candidate")
-    first = candidates[0]()
-    if len(candidates) == 1 or os.environ.get("EDGE_AD_AUTO_PROBE", "1") == "0":
-        return first
-    frame = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
-    timed = [(first, _median_ms(first, frame))]
-    for make in candidates[1:]:
-        backend = make()
-        timed.append((backend, _median_ms(backend, frame)))
-    keep = min(timed, key=lambda item: item[1])[0]
-    for backend, _ in timed:
-        if backend is not keep:
-            backend.close()
-    log.info("auto: %s for this bundle (%s)", _label(keep), ", ".join(f"{_label(b)} {ms:.1f} ms" for b, ms in timed))
+    probe = os.environ.get("EDGE_AD_AUTO_PROBE", "1") != "0"
+    opened = _opened(candidates)
+    record: dict = {"timed": probe, "candidates": {}}
+    if probe and len(opened) > 1:
+        frame = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+        for (cand, _), ms in zip(opened, _medians_ms([b for _, b in opened], frame)):
+            record["candidates"][cand.label] = {"ms": round(ms, 3)}
+        opened.sort(key=lambda item: record["candidates"][item[0].label]["ms"])
+    keep = None
+    for cand, backend in opened:
+        if keep is None:
+            verdict = cand.check(backend) if cand.check else None
+            record["candidates"].setdefault(cand.label, {})["check"] = verdict
+            if verdict is None or verdict["kept"]:
+                keep, record["picked"] = backend, cand.label
+                continue
+        backend.close()
+    if keep is None:
+        raise ValueError("no candidate kept the bundle's verdicts: load it with precision='fp32'")
+    keep.auto_probe = record
+    log.info("auto: %s for this bundle (%s)", record["picked"], record["candidates"])
     return keep

@@ -9,7 +9,8 @@ Precision (`edge_ad.load(precision=)`, edge_ad/runtime/precision.py): None keeps
 inference-precision hint, bfloat16 on CPUs with AVX512-BF16 or AMX and f16 on GPUs, not FP32, and
 `precision` says what it resolved to; "fp32" asks for f32; "bf16"/"fp16" for that hint, refused where
 the device does not compute in it (OpenVINO would silently pick another); "int8" runs the bundle's
-Q/DQ INT8 graph, its float parts with the f32 hint (as ONNX Runtime runs them).
+Q/DQ INT8 graph, its float parts with the f32 hint (as ONNX Runtime runs them), "int8+bf16" the same
+graph with its float parts at the bf16 hint.
 
 Compiled with PERFORMANCE_HINT "LATENCY": one synchronous request, the frames of a line one batch at
 a time, on all cores (docs/openvino.md has the measurement against "THROUGHPUT"). No model cache:
@@ -29,15 +30,15 @@ from edge_ad.runtime.backend import BaseBackend, LoadOptions
 from edge_ad.runtime.ddim_plan import DdimPlan
 from edge_ad.runtime.inputs import seeded_inputs
 from edge_ad.runtime.latent_ddim import PARTS, DdimPipeline, Run
-from edge_ad.runtime.precision import check_precision, graph_for
+from edge_ad.runtime.precision import INT8, check_precision, graph_for
 
 __all__ = ["OpenVinoBackend", "OpenVinoDdimBackend", "compile_graph", "open_openvino", "read_graph"]
 
 log = logging.getLogger(__name__)
 
 _DEVICES = {"auto": "CPU", "cpu": "CPU", "gpu": "GPU"}
-_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}      # edge_ad precision -> OpenVINO hint
-_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "FP32"}  # in OPTIMIZATION_CAPABILITIES
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32", "int8+bf16": "bf16"}  # -> OpenVINO hint
+_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "FP32", "int8+bf16": "BF16"}
 _NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}                       # OpenVINO type -> edge_ad precision
 PERFORMANCE_HINT = "LATENCY"
 
@@ -99,7 +100,7 @@ def config_for(core, device: str, precision: str | None, threads: int | None) ->
         capabilities = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
         if _CAPABILITY[precision] not in capabilities:
             full = core.get_property(device, "FULL_DEVICE_NAME")
-            offers = [p for p, cap in _CAPABILITY.items() if cap in capabilities and p != "int8"]
+            offers = [p for p, cap in _CAPABILITY.items() if cap in capabilities and p not in INT8]
             raise ValueError(f"OpenVINO's {device} ({full}) does not compute in {precision}: it offers "
                              f"{', '.join(offers)}; use precision='fp32', or leave precision out for its default")
         config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
@@ -125,7 +126,7 @@ def resolved(compiled, precision: str | None) -> str:
     if precision is not None and got != _HINTS[precision]:
         raise RuntimeError(f"OpenVINO was asked for the {_HINTS[precision]} hint and compiled {got}: use "
                            "precision='fp32', or leave precision out")
-    return "int8" if precision == "int8" else name
+    return precision if precision in INT8 else name
 
 
 def check_image_port(port, path: Path, input_hw: tuple[int, int] | None = None) -> None:
@@ -237,8 +238,8 @@ class OpenVinoDdimBackend(BaseBackend):
 
 def open_openvino(bundle: Bundle, options: LoadOptions) -> BaseBackend:
     """The registry's factory: the DDIM pipeline for a diffusion bundle, else the bundle's one graph (its
-    INT8 twin for precision "int8") with its seeded noise inputs."""
-    check_precision(options.precision, "openvino", ("fp32", "bf16", "fp16", "int8"))
+    INT8 twin for precision "int8" or "int8+bf16") with its seeded noise inputs."""
+    check_precision(options.precision, "openvino", ("fp32", "bf16", "fp16", *INT8))
     if options.plan is not None:
         return OpenVinoDdimBackend(bundle, options.plan, device=options.device, precision=options.precision,
                                    threads=options.threads)

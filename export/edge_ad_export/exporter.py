@@ -29,6 +29,7 @@ from .diffusion_graphs import GRAPHS, export_parts, pipeline_meta
 from .fp16 import TOOLS as FP16_TOOLS
 from .fp16 import fp16_name, write_fp16
 from .int8 import CALIBRATION_IMAGES, int8_name, write_int8
+from .verdict_set import write_verdict_set
 from .parity import check_parity
 
 MODEL_FILE = "model.onnx"
@@ -43,17 +44,20 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     info, model = load_run(run_dir)
     check_calibration(info.get("calibration"), str(run_dir), "run.json")
     geometry = Geometry.from_dict(info["geometry"])
+    judged = _judged_images(info, geometry, required=int8)
     return export_model(model, out, name=info["model"], geometry=geometry, calibration=info["calibration"],
                         images=_parity_images(info, geometry, parity_images), checkpoint=run_dir / CHECKPOINT,
                         metrics=info.get("metrics"), overwrite=overwrite,
                         checkpoint_sha256=info.get("checkpoint_sha256"),
-                        int8_images=_int8_images(info, geometry) if int8 else None, fp16_tool=fp16_tool)
+                        int8_images=judged if int8 else None, fp16_tool=fp16_tool,
+                        verdict_images=judged[1] if judged is not None else None)
 
 
 def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
                  images: np.ndarray, checkpoint: Path | None = None, metrics: dict | None = None,
                  overwrite: bool = False, checkpoint_sha256: str | None = None,
-                 int8_images: tuple[np.ndarray, np.ndarray] | None = None, fp16_tool: str = "converter") -> Bundle:
+                 int8_images: tuple[np.ndarray, np.ndarray] | None = None, fp16_tool: str = "converter",
+                 verdict_images: np.ndarray | None = None) -> Bundle:
     """Write the bundle of an in-memory model: ONNX of its deployable form (`folded()`) + meta.json.
 
     Every graph gets its mixed FP16 twin for TensorRT (export/edge_ad_export/fp16.py), listed in meta `fp16`.
@@ -99,6 +103,9 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
                 parity["int8"] = {MODEL_FILE: write_int8(tmp, MODEL_FILE, INPUT, *int8_images, feeds,
                                                          model.heatmap_spec(),
                                                          calibration["image_threshold"])}
+            if verdict_images is not None and len(verdict_images):
+                meta["verdict_set"] = write_verdict_set(tmp, MODEL_FILE, INPUT, verdict_images, feeds,
+                                                        model.heatmap_spec(), calibration["image_threshold"])
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         if checkpoint is not None:
             shutil.copy2(checkpoint, tmp / CHECKPOINT)
@@ -136,16 +143,19 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
     return write_bundle(out, meta, fill, overwrite=overwrite)
 
 
-def _int8_images(info: dict, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """(calibration, check) images of a run for its INT8 graph: up to 64 good training images of all its
-    categories, evenly picked, to calibrate on; to check verdicts on, the images the run calibrated its
-    threshold on (its validation images, which may be among the calibration images too), its test split
-    and the good training images not calibrated on."""
+def _judged_images(info: dict, geometry: Geometry, *, required: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(calibration, check) images of a run: up to 64 good training images of all its categories, evenly
+    picked, to calibrate the INT8 graph on; to check verdicts on (the INT8 check's and the bundle's verdict
+    set, verdict_set.py), the images the run calibrated its threshold on (its validation images, which may
+    be among the calibration images too), its test split and the good training images not calibrated on.
+    None when the run's data cannot be read, unless `required` (--int8): then a ValueError."""
     try:
         categories = load_categories(run_data(info))
         fraction, seed = float(info.get("val_fraction", TrainConfig.val_fraction)), int(info.get("seed", 0))
         vals = [train_val_parts(c.train, c.val, fraction, seed)[1] for c in categories]
     except (ValueError, OSError) as err:
+        if not required:
+            return None
         raise ValueError(f"--int8 calibrates on the run's training images, which cannot be read ({err}); restore "
                          "the data the run was trained on, or export without --int8") from None
     train = [(c.train, i) for c in categories for i in range(len(c.train))]

@@ -51,7 +51,7 @@ from .fp16 import name_nodes
 from .parity import ParityError
 
 __all__ = ["CALIBRATION_IMAGES", "WEIGHTED_OPS", "int8_name", "fixed_fp32", "node_groups", "quantize_int8",
-           "weighted_macs", "select_int8", "check_int8", "check_symmetric", "accept_int8", "write_int8"]
+           "weighted_macs", "select_int8", "graph_scores", "check_int8", "check_symmetric", "accept_int8", "write_int8"]
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 SHAPE_OPS = frozenset({"Shape", "Size"})
@@ -214,7 +214,7 @@ def _without_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _scores(path: Path, input_name: str, images: np.ndarray, extras: dict, spec) -> tuple[np.ndarray, np.ndarray]:
+def graph_scores(path: Path, input_name: str, images: np.ndarray, extras: dict, spec) -> tuple[np.ndarray, np.ndarray]:
     """(raw maps, image scores as the runtime computes them: the heat-map spec's post-processing, else
     each raw map's maximum)."""
     import onnxruntime as ort
@@ -304,7 +304,7 @@ def quantize_int8(src: Path, dst: Path, input_name: str, images: np.ndarray, ext
     with tempfile.TemporaryDirectory(prefix="edge_ad_int8.") as tmp:
         work = Path(tmp)
         quantizer = _Quantizer(src, input_name, images, extras, work)
-        _, want = _scores(src, input_name, probe, extras, spec)
+        _, want = graph_scores(src, input_name, probe, extras, spec)
         scale = float(np.ptp(want)) or float(np.abs(want).max()) or 1.0
 
         groups = node_groups(quantizer.model, quantizer.fixed)
@@ -314,7 +314,7 @@ def quantize_int8(src: Path, dst: Path, input_name: str, images: np.ndarray, ext
 
         def error(int8_groups: list[str]) -> float:
             quantizer.write(work / "trial.onnx", fp32_of(int8_groups))
-            return float(np.abs(_scores(work / "trial.onnx", input_name, probe, extras, spec)[1] - want).max()) / scale
+            return float(np.abs(graph_scores(work / "trial.onnx", input_name, probe, extras, spec)[1] - want).max()) / scale
 
         if search:
             macs = weighted_macs(quantizer.named, input_name, probe, extras, quantizer.model.graph.node)
@@ -352,7 +352,7 @@ def check_int8(fp32: Path, int8: Path, input_name: str, images: np.ndarray, extr
                threshold: float) -> dict:
     """INT8 vs FP32 on ONNX Runtime's CPU provider over `images`: shape, finiteness, error, score order and
     the verdicts at `threshold` (score > threshold = anomalous, as the Detector decides)."""
-    (raw32, s32), (raw8, s8) = (_scores(p, input_name, images, extras, spec) for p in (fp32, int8))
+    (raw32, s32), (raw8, s8) = (graph_scores(p, input_name, images, extras, spec) for p in (fp32, int8))
     same = raw8.shape == raw32.shape
     flips = int(np.sum((s32 > threshold) != (s8 > threshold))) if same else len(images)
     margin = np.abs(s32 - threshold)

@@ -1,0 +1,119 @@
+"""The bundle's verdict set (export/edge_ad_export/verdict_set.py, edge_ad/runtime/verdict_check.py): images
+the run judged, nearest the calibrated threshold, with the FP32 scores; auto checks reduced precisions on it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_ad
+from edge_ad.bundle import read_bundle
+from edge_ad.models import create_model
+from edge_ad.runtime.preprocess import Geometry
+from edge_ad.runtime.verdict_check import read_verdict_set, verdicts_kept
+from edge_ad_export.exporter import export_model
+from edge_ad_export.verdict_set import COUNT
+
+TINY = {"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32, "pretrained": False}
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)
+
+
+def _export(out: Path, *, int8: bool, judged: np.ndarray | None, threshold: float | None = None):
+    import torch
+
+    torch.manual_seed(0)
+    model = create_model("simplenet", **TINY).eval()
+    if threshold is None:                  # in the widest gap between the middle judged scores: some flagged
+        with torch.no_grad():
+            from edge_ad.training.adapter import UInt8Input
+
+            raw = UInt8Input(model, model.mean, model.std)(torch.from_numpy(judged)).numpy()
+        scores = np.sort(model.heatmap_spec().apply(raw)[1])[len(judged) // 5:-len(judged) // 5]
+        k = int(np.argmax(np.diff(scores)))
+        threshold = float(scores[k] + scores[k + 1]) / 2
+    calibration = {"image_threshold": threshold, "image_norm": [threshold - 1, threshold + 1], "pixel_threshold": 1.0,
+                   "pixel_norm": [0.0, 2.0], "normal_images": 0, "note": "test"}
+    return export_model(model, out, name="simplenet", geometry=Geometry((72, 72), (64, 64)), calibration=calibration,
+                        images=_images(2, 0), int8_images=(_images(16, 1), judged) if int8 else None,
+                        verdict_images=judged)
+
+
+@pytest.fixture(scope="module")
+def judged() -> np.ndarray:
+    return _images(40, 2)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, judged) -> Path:
+    return _export(tmp_path_factory.mktemp("verdicts") / "bundle", int8=False, judged=judged).path
+
+
+def test_the_export_keeps_the_images_nearest_the_threshold_with_their_fp32_scores(bundle, judged) -> None:
+    b = read_bundle(bundle)
+    entry = b.meta["verdict_set"]
+    assert entry["file"] == "verdicts.npz" and "verdicts.npz" in b.meta["files"]
+    assert entry["images"] == COUNT and entry["of"] == len(judged) and 0 < entry["flagged"] < COUNT
+    check = read_verdict_set(b)
+    assert check.images.shape == (COUNT, 64, 64, 3) and check.images.dtype == np.uint8
+    assert check.threshold == b.meta["calibration"]["image_threshold"]
+    with edge_ad.load(bundle, "onnxruntime-cpu") as det:
+        everyone = det.heatmaps(judged, maps=False)[1].astype(np.float64)
+        assert np.allclose(det.heatmaps(check.images, maps=False)[1], check.scores, rtol=1e-5, atol=1e-6)
+    far = np.sort(np.abs(everyone - check.threshold))[COUNT:]       # those left out lie farther away
+    assert far.min() >= np.abs(check.scores - check.threshold).max() - 1e-9
+
+
+def test_the_fp32_graph_keeps_every_verdict_and_a_shifted_one_does_not(bundle) -> None:
+    b = read_bundle(bundle)
+    check = read_verdict_set(b)
+    with edge_ad.load(bundle, "onnxruntime-cpu") as det:
+        same = verdicts_kept(det.backend, det.heatmap_spec, check)
+        assert same["kept"] and same["flips"] == 0 and same["max_abs_diff"] < 1e-4
+
+        class Shifted:                               # a lossier arithmetic: every raw value a little higher
+            def infer(self, batch):
+                return det.backend.infer(batch) + 0.5 * float(np.ptp(check.scores))
+
+        moved = verdicts_kept(Shifted(), det.heatmap_spec, check)
+        assert not moved["kept"] and moved["flips"] > 0
+
+
+def test_a_bundle_exported_without_the_runs_images_has_none(tmp_path) -> None:
+    b = _export(tmp_path / "bundle", int8=False, judged=None, threshold=1.0)
+    assert "verdict_set" not in b.meta and read_verdict_set(read_bundle(b.path)) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_auto_checks_each_reduced_precision_it_considers_here(bundle, monkeypatch) -> None:
+    """With a verdict set, auto also considers OpenVINO's bf16 hint (on CPUs that compute in it), and keeps
+    a reduced precision only after its check passed here."""
+    from edge_ad.runtime.registry import openvino_for_cpu
+
+    if not openvino_for_cpu():
+        pytest.skip("auto runs OpenVINO only on x86-64 CPUs")
+    path = bundle
+    with edge_ad.load(path) as det:
+        probe = det.backend.auto_probe
+    assert probe["timed"] and probe["picked"] in probe["candidates"]
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert "openvino:bf16" in probe["candidates"]
+    for label, seen in probe["candidates"].items():
+        reduced = not label.endswith(":fp32")
+        assert seen["ms"] > 0
+        if "check" in seen:                          # checked: the fastest down to the one kept
+            assert (seen["check"] is not None) == reduced
+    picked = probe["candidates"][probe["picked"]]
+    assert picked.get("check") is None or picked["check"]["kept"]
+    monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")
+    with edge_ad.load(path) as first:                # no timing: the first candidate, OpenVINO on the FP32 graph
+        assert first.backend.auto_probe["picked"] == "openvino:fp32"
