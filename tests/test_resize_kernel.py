@@ -210,3 +210,18 @@ def test_opencv_path_when_asked_or_missing(monkeypatch: pytest.MonkeyPatch) -> N
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout == want.tobytes()
+
+
+@pytest.mark.parametrize("fit", ["squash", "letterbox", "crop"])
+@pytest.mark.parametrize("size", [(480, 640), (288, 288), (1080, 1920), (97, 131)])
+def test_a_bgr_frame_swapped_after_the_resize_gives_the_pixels_of_swapping_first(fit, size) -> None:
+    """Detector hands camera frames to prepare() in BGR and the swap happens on the model-sized output."""
+    import cv2
+
+    from edge_ad.runtime.preprocess import Geometry, prepare
+
+    frame = np.random.default_rng(size[0]).integers(0, 256, (*size, 3), dtype=np.uint8)
+    geometry = Geometry((329, 329), (288, 288), fit)
+    want = prepare(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), geometry)
+    got = prepare(frame, geometry, bgr=True)
+    assert got.flags.c_contiguous and got.shape == (288, 288, 3) and np.array_equal(got, want)

@@ -112,10 +112,10 @@ class Detector:
         if not batch:
             return []
         colors = self._colors(color, len(batch))
-        rgb = [self._rgb(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
-        sizes = [im.shape[:2] for im in rgb]
+        frames = [self._frame(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
+        sizes = [im.shape[:2] for im, _ in frames]
         views = self.views(sizes, roi, tiles, overlap)
-        maps, scores, bad = self._heatmaps(self._inputs(rgb, views))
+        maps, scores, bad = self._heatmaps(self._inputs(frames, views))
         bad = _images_of(bad, views)
         if bad:
             results = [None if i in bad else r for i, r in
@@ -133,6 +133,16 @@ class Detector:
         if len(colors) != n:
             raise ValueError(f"got {len(colors)} colour orders for {n} images")
         return colors
+
+    @classmethod
+    def _frame(cls, image: ImageInput, color: str, index: int) -> tuple[np.ndarray, bool]:
+        """(the image as uint8 H x W x 3, whether it is still in BGR order): a contiguous uint8 BGR frame
+        as it is, its channels swapped after the resize (preprocess.prepare: fewer pixels); anything
+        else converted to RGB now (_rgb)."""
+        if (color == "BGR" and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                and image.shape[2] == 3 and image.size and image.flags.c_contiguous):
+            return image, True
+        return cls._rgb(image, color, index), False
 
     @staticmethod
     def _rgb(image: ImageInput, color: str, index: int) -> np.ndarray:
@@ -152,9 +162,9 @@ class Detector:
         and `overlap` as in predict(). Raises InferenceError when a score is not finite."""
         batch = _as_list(images)
         colors = self._colors(color, len(batch))
-        rgb = [self._rgb(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
-        views = self.views([im.shape[:2] for im in rgb], roi, tiles, overlap)
-        _, scores, bad = self._heatmaps(self._inputs(rgb, views), maps=False)
+        frames = [self._frame(im, c, i) for i, (im, c) in enumerate(zip(batch, colors))]
+        views = self.views([im.shape[:2] for im, _ in frames], roi, tiles, overlap)
+        _, scores, bad = self._heatmaps(self._inputs(frames, views), maps=False)
         bad = _images_of(bad, views)
         if bad:
             raise _non_finite(bad, len(batch))
@@ -173,9 +183,12 @@ class Detector:
             self.view_warning = False                   # one warning per Detector, not one per frame
         return views
 
-    def _inputs(self, rgb: list[np.ndarray], views: list[View]) -> np.ndarray:
-        """The model inputs of every box of every image, in order, as one uint8 batch."""
-        return np.stack([prepare(part, self.geometry) for im, view in zip(rgb, views) for part in cut(im, view)])
+    def _inputs(self, frames: list[tuple[np.ndarray, bool]], views: list[View]) -> np.ndarray:
+        """The model inputs of every box of every (image, still BGR) frame, in order, as one uint8 batch
+        (a single box without a copy)."""
+        parts = [prepare(part, self.geometry, bgr=bgr) for (im, bgr), view in zip(frames, views)
+                 for part in cut(im, view)]
+        return parts[0][None] if len(parts) == 1 else np.stack(parts)
 
     def heatmaps(self, prepared: np.ndarray, *, maps: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """Prepared uint8 batch -> (full-size maps of the crop, or None; scores): on the device when

@@ -92,21 +92,28 @@ class Geometry:
         return cls(tuple(d["resize"]), tuple(d["crop"]), d.get("fit", LEGACY_FIT))
 
 
-def prepare(image: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """RGB uint8 H x W x 3 of any size -> the model's RGB uint8 input (contiguous), by the geometry's fit."""
+def prepare(image: np.ndarray, geometry: Geometry, *, bgr: bool = False) -> np.ndarray:
+    """RGB uint8 H x W x 3 of any size -> the model's RGB uint8 input (contiguous), by the geometry's fit.
+    `bgr`: `image` is uint8 H x W x 3 in BGR order (a camera frame), swapped to RGB after the resize, on the
+    fewer pixels: the same pixels as swapping first, since the resize treats each channel alike."""
     h, w = image.shape[:2]
     ch, cw = geometry.crop
     if geometry.fit == "squash":
-        return np.ascontiguousarray(_resize(image, ch, cw))
+        return _rgb_order(np.ascontiguousarray(_resize(image, ch, cw)), bgr)
     if geometry.fit == "letterbox":
         top, left, rh, rw = geometry.letterbox(h, w)
         out = np.full((ch, cw, *image.shape[2:]), PAD_VALUE, image.dtype)
-        out[top:top + rh, left:left + rw] = _resize(image, rh, rw)
+        out[top:top + rh, left:left + rw] = _rgb_order(_resize(image, rh, rw), bgr)
         return out
     rh, rw = geometry.resize
     resized = _resize(image, rh, rw)
     top, left = geometry.offset
-    return np.ascontiguousarray(resized[top:top + ch, left:left + cw])
+    return _rgb_order(np.ascontiguousarray(resized[top:top + ch, left:left + cw]), bgr)
+
+
+def _rgb_order(image: np.ndarray, bgr: bool) -> np.ndarray:
+    """`image` with its first and third channels swapped when `bgr`, else as it is."""
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
 
 
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
