@@ -43,12 +43,17 @@ def _export(out: Path, *, int8: bool, judged: np.ndarray | None, threshold: floa
                    "pixel_norm": [0.0, 2.0], "normal_images": 0, "note": "test"}
     return export_model(model, out, name="simplenet", geometry=Geometry((72, 72), (64, 64)), calibration=calibration,
                         images=_images(2, 0), int8_images=(_images(16, 1), judged) if int8 else None,
-                        verdict_images=judged)
+                        verdict_images=None if judged is None else (judged, _labels(len(judged))))
+
+
+def _labels(n: int) -> np.ndarray:
+    """Every third image defective."""
+    return (np.arange(n) % 3 == 0).astype(np.int8)
 
 
 @pytest.fixture(scope="module")
 def judged() -> np.ndarray:
-    return _images(40, 2)
+    return _images(COUNT + 16, 2)             # more than the set keeps
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +65,19 @@ def test_the_export_keeps_the_images_nearest_the_threshold_with_their_fp32_score
     b = read_bundle(bundle)
     entry = b.meta["verdict_set"]
     assert entry["file"] == "verdicts.npz" and "verdicts.npz" in b.meta["files"]
-    assert entry["images"] == COUNT and entry["of"] == len(judged) and 0 < entry["flagged"] < COUNT
+    kept = min(COUNT, len(judged))
+    assert entry["images"] == kept and entry["of"] == len(judged) and 0 < entry["flagged"] < kept
     check = read_verdict_set(b)
-    assert check.images.shape == (COUNT, 64, 64, 3) and check.images.dtype == np.uint8
+    assert check.images.shape == (kept, 64, 64, 3) and check.images.dtype == np.uint8
+    assert entry["defective"] == int(check.labels.sum()) > 0
     assert check.threshold == b.meta["calibration"]["image_threshold"]
     with edge_ad.load(bundle, "onnxruntime-cpu") as det:
         everyone = det.heatmaps(judged, maps=False)[1].astype(np.float64)
         assert np.allclose(det.heatmaps(check.images, maps=False)[1], check.scores, rtol=1e-5, atol=1e-6)
-    far = np.sort(np.abs(everyone - check.threshold))[COUNT:]       # those left out lie farther away
-    assert far.min() >= np.abs(check.scores - check.threshold).max() - 1e-9
+    near = np.argsort(np.abs(everyone - check.threshold), kind="stable")[:kept]
+    assert np.array_equal(check.labels, _labels(len(judged))[np.sort(near)])     # each image keeps its label
+    far = np.sort(np.abs(everyone - check.threshold))[kept:]         # those left out lie farther away
+    assert not len(far) or far.min() >= np.abs(check.scores - check.threshold).max() - 1e-9
 
 
 def test_the_fp32_graph_keeps_every_verdict_and_a_shifted_one_does_not(bundle) -> None:
@@ -84,6 +93,37 @@ def test_the_fp32_graph_keeps_every_verdict_and_a_shifted_one_does_not(bundle) -
 
         moved = verdicts_kept(Shifted(), det.heatmap_spec, check)
         assert not moved["kept"] and moved["flips"] > 0
+
+
+class Constant:
+    """Maps of one value per image, in turn: a backend whose image scores are exactly those values."""
+
+    def __init__(self, values) -> None:
+        self.values = list(values)
+
+    def infer(self, batch):
+        out = np.array([self.values.pop(0) for _ in range(len(batch))], np.float32)
+        return np.broadcast_to(out[:, None, None, None], (len(batch), 1, 8, 8)).copy()
+
+
+def test_an_arithmetic_that_keeps_the_verdicts_but_reorders_the_images_is_refused(bundle) -> None:
+    """Scores shuffled within each side of the threshold: no verdict changes, the AUROC falls."""
+    from edge_ad.postprocess import HeatmapSpec
+
+    spec = HeatmapSpec.from_meta(read_bundle(bundle).meta["heatmap"])._replace(smooth="none")
+    labels = np.array([0, 0, 0, 1, 0, 1, 1, 1], np.int8)
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])            # threshold 0.5: one error each side
+    check = read_verdict_set(read_bundle(bundle))._replace(
+        images=np.zeros((8, 64, 64, 3), np.uint8), scores=scores, threshold=0.5, labels=labels)
+    same = verdicts_kept(Constant(scores), spec, check)
+    assert same["kept"] and same["auroc"] == same["auroc_fp32"] == 15 / 16
+    reordered = verdicts_kept(Constant([0.1, 0.2, 0.4, 0.3, 0.9, 0.7, 0.8, 0.6]), spec, check)
+    assert reordered["flips"] == 0 and reordered["auroc"] < reordered["auroc_fp32"] and not reordered["kept"]
+    better = verdicts_kept(Constant([0.1, 0.2, 0.3, 0.45, 0.55, 0.7, 0.8, 0.9]), spec, check)
+    assert better["flips"] == 0 and better["kept"]                   # scores moved, order kept: passes
+    unlabelled = verdicts_kept(Constant([0.1, 0.2, 0.4, 0.3, 0.9, 0.7, 0.8, 0.6]), spec,
+                               check._replace(labels=None))
+    assert unlabelled["kept"] and unlabelled["auroc"] is None       # verdicts only
 
 
 def test_a_bundle_exported_without_the_runs_images_has_none(tmp_path) -> None:

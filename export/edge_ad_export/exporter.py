@@ -49,15 +49,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
                         images=_parity_images(info, geometry, parity_images), checkpoint=run_dir / CHECKPOINT,
                         metrics=info.get("metrics"), overwrite=overwrite,
                         checkpoint_sha256=info.get("checkpoint_sha256"),
-                        int8_images=judged if int8 else None, fp16_tool=fp16_tool,
-                        verdict_images=judged[1] if judged is not None else None)
+                        int8_images=judged[:2] if int8 else None, fp16_tool=fp16_tool,
+                        verdict_images=judged[1:] if judged is not None else None)
 
 
 def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: Geometry, calibration: dict,
                  images: np.ndarray, checkpoint: Path | None = None, metrics: dict | None = None,
                  overwrite: bool = False, checkpoint_sha256: str | None = None,
                  int8_images: tuple[np.ndarray, np.ndarray] | None = None, fp16_tool: str = "converter",
-                 verdict_images: np.ndarray | None = None) -> Bundle:
+                 verdict_images: tuple[np.ndarray, np.ndarray] | None = None) -> Bundle:
     """Write the bundle of an in-memory model: ONNX of its deployable form (`folded()`) + meta.json.
 
     Every graph gets its mixed FP16 twin for TensorRT (export/edge_ad_export/fp16.py), listed in meta `fp16`.
@@ -103,8 +103,8 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
                 parity["int8"] = {MODEL_FILE: write_int8(tmp, MODEL_FILE, INPUT, *int8_images, feeds,
                                                          model.heatmap_spec(),
                                                          calibration["image_threshold"])}
-            if verdict_images is not None and len(verdict_images):
-                meta["verdict_set"] = write_verdict_set(tmp, MODEL_FILE, INPUT, verdict_images, feeds,
+            if verdict_images is not None and len(verdict_images[0]):
+                meta["verdict_set"] = write_verdict_set(tmp, MODEL_FILE, INPUT, *verdict_images, feeds,
                                                         model.heatmap_spec(), calibration["image_threshold"])
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         if checkpoint is not None:
@@ -143,8 +143,9 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
     return write_bundle(out, meta, fill, overwrite=overwrite)
 
 
-def _judged_images(info: dict, geometry: Geometry, *, required: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """(calibration, check) images of a run: up to 64 good training images of all its categories, evenly
+def _judged_images(info: dict, geometry: Geometry, *,
+                   required: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(calibration images, check images, check labels: 0 good, 1 defective) of a run: up to 64 good training images of all its categories, evenly
     picked, to calibrate the INT8 graph on; to check verdicts on (the INT8 check's and the bundle's verdict
     set, verdict_set.py), the images the run calibrated its threshold on (its validation images, which may
     be among the calibration images too), its test split and the good training images not calibrated on.
@@ -165,9 +166,11 @@ def _judged_images(info: dict, geometry: Geometry, *, required: bool) -> tuple[n
     seen = {(id(d), i) for d, i in checked}
     checked += [(v.dataset, i) for v in vals for i in v.indices if (id(v.dataset), i) not in seen]
     checked += [(c.test, i) for c in categories if c.test is not None for i in range(len(c.test))]
-    rest = [dataset[i]["image"] for dataset, i in checked]
-    check = np.stack([prepare(image, geometry) for image in rest]) if rest else calibration
-    return calibration, check
+    items = [dataset[i] for dataset, i in checked]
+    if not items:
+        return calibration, calibration, np.zeros(len(calibration), np.int8)
+    check = np.stack([prepare(item["image"], geometry) for item in items])
+    return calibration, check, np.array([int(item["label"]) for item in items], np.int8)
 
 
 def _parity_images(info: dict, geometry: Geometry, count: int) -> np.ndarray:
