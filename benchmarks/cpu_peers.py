@@ -101,8 +101,9 @@ def export_bundles(name: str, folders: dict[str, Path], work: Path) -> tuple[dic
     return bundles, refused
 
 
-def auroc_of(spec: str, bundle: Path, category: Path) -> float | None:
-    """Image AUROC of one configuration on one category's test split; None where it cannot run here."""
+def auroc_of(spec: str, bundle: Path, category: Path) -> tuple[float | None, str | None]:
+    """(image AUROC of one configuration on one category's test split, what auto picked for that bundle);
+    (None, None) where it cannot run here."""
     from edge_ad.bundle import read_bundle
     from edge_ad.runtime.bench import BenchConfig, accuracy, open_backend, read_test_split
     from edge_ad.runtime.preprocess import Geometry
@@ -110,9 +111,10 @@ def auroc_of(spec: str, bundle: Path, category: Path) -> float | None:
     geometry = Geometry.from_dict(read_bundle(bundle).meta["geometry"])
     detector, _ = open_backend(spec, BenchConfig(bundle=bundle, batches=[8]))
     if detector is None:
-        return None
+        return None, None
     with detector:
-        return accuracy(detector, *read_test_split(category, geometry), 8)["image_auroc"]
+        picked = getattr(detector.backend, "auto_probe", {}).get("picked")
+        return accuracy(detector, *read_test_split(category, geometry), 8)["image_auroc"], picked
 
 
 def _merged(rounds: list[dict]) -> list[dict]:
@@ -138,25 +140,28 @@ def _merged(rounds: list[dict]) -> list[dict]:
 
 
 def measure_model(name: str, folders: dict[str, Path], work: Path, iters: int, rounds: int,
-                  batches: list[int]) -> dict:
+                  batches: list[int], warmup: int = 5) -> dict:
     """Timing rows on the first category's bundle (`rounds` passes over every configuration, merged), and
     every configuration's AUROC on every category."""
     from edge_ad.runtime.bench import BenchConfig, run
 
     bundles, refused = export_bundles(name, folders, work)
     first = next(iter(bundles))
-    reports = [run(BenchConfig(bundle=bundles[first], backends=list(SPECS), batches=batches, iters=iters, warmup=5),
+    reports = [run(BenchConfig(bundle=bundles[first], backends=list(SPECS), batches=batches, iters=iters, warmup=warmup),
                    echo=lambda line, k=k: print(f"  {name} round {k + 1}: {line}", flush=True)) for k in range(rounds)]
     rows = _merged(reports)
     for row in rows:
         row["is_auto"] = row["spec"] == "auto"
-        row["image_auroc"] = {c: auroc_of(row["spec"], bundles[c], folders[c]) for c in bundles}
+        scored = {c: auroc_of(row["spec"], bundles[c], folders[c]) for c in bundles}
+        row["image_auroc"] = {c: v for c, (v, _) in scored.items()}
+        if row["is_auto"]:
+            row["auto_picked"] = {c: picked for c, (_, picked) in scored.items()}
         values = [v for v in row["image_auroc"].values() if v is not None]
         row["image_auroc_mean"] = sum(values) / len(values) if values else None
     cats, fields = BUDGETS[name]
     return {"rows": rows, "auto": [r["backend"] for r in rows if r["is_auto"]][:1], "int8_refused": refused,
             "skipped": reports[-1]["skipped"], "failed": {k: v for r in reports for k, v in r["failed"].items()},
-            "rounds": rounds, "iters": iters, "int8": _int8_report(bundles),
+            "rounds": rounds, "iters": iters, "warmup": warmup, "batches": batches, "int8": _int8_report(bundles),
             "budget": {"categories": list(cats), "unified": name in UNIFIED, "budget": "cpu", **fields},
             "bundle": str(bundles[first])}
 
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/cpu-peers", help="data, runs and bundles go here (reused)")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3, help="passes over every configuration, merged by median")
+    parser.add_argument("--warmup", type=int, default=5, help="calls before each timing")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--json", help="{model: {rows, budget, ...}}: the models measured replace their entries")
     parser.add_argument("--table", action="store_true", help="print the README table of --json and stop")
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: INT8 refused for {export_bundles(name, folders, work)[1] or 'none'}", flush=True)
             continue
         batches = [int(b) for b in args.batches.split(",")]
-        results[name] = {**measure_model(name, folders, work, args.iters, args.rounds, batches),
+        results[name] = {**measure_model(name, folders, work, args.iters, args.rounds, batches, args.warmup),
                          "train_seconds_now": seconds}
         results["environment"] = environment(("edge_ad", "torch", "onnxruntime", "openvino", "numpy"))
         if args.json:

@@ -50,5 +50,5 @@ def graph_for(bundle: "Bundle", graph: str, precision: str | None) -> "Path":
     twins = bundle.meta.get("int8") or {}
     if not twins:
         raise BundleError(f"{bundle.path} has no INT8 graph for {graph}: re-export it with `edge-ad export RUN "
-                          "--int8` (calibrated on the run's good images), or load it without precision={precision!r}")
+                          f"--int8` (calibrated on the run's good images), or load it without precision={precision!r}")
     return bundle.file(twins.get(graph, graph))
