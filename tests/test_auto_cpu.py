@@ -60,6 +60,26 @@ def test_the_probe_can_be_switched_off(tiny_bundle, monkeypatch) -> None:
                             Candidate("ort", lambda: called.append(1) or _opened(tiny_bundle, "onnxruntime-cpu"))],
                            64, 64)
     assert kept.name == "openvino" and kept.auto_probe["picked"] == "ov" and not kept.auto_probe["timed"]
+    assert not called                                # opened lazily: the second candidate was never built
+
+
+def test_without_the_probe_a_failed_check_moves_on_to_the_next(tiny_bundle, monkeypatch) -> None:
+    monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")
+    made = []
+
+    def build(name):
+        def make():
+            made.append(Delayed(_opened(tiny_bundle, name), 0.0))
+            return made[-1]
+        return make
+
+    refuse = lambda backend: {"kept": False, "flips": 2, "auroc": 0.5, "auroc_fp32": 0.9}  # noqa: E731
+    kept = fastest_backend([Candidate("reduced", build("openvino-cpu"), refuse),
+                            Candidate("fp32", build("onnxruntime-cpu"))], 64, 64)
+    assert kept is made[1] and made[0].closed and kept.auto_probe["picked"] == "fp32"
+    with pytest.raises(ValueError, match="reduced: 2 verdicts changed.*precision='fp32'"):
+        fastest_backend([Candidate("reduced", build("openvino-cpu"), refuse)], 64, 64)
+    assert made[-1].closed
 
 
 def test_the_fastest_that_fails_its_check_is_passed_over(tiny_bundle) -> None:

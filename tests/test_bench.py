@@ -152,3 +152,18 @@ def test_a_precision_the_bundle_has_no_graph_for_is_skipped_not_relabelled(tiny_
     report = json.loads(out.read_text())
     assert report["rows"] == []
     assert "--int8" in report["skipped"]["onnxruntime-cpu:int8"] and "not 'int8'" in report["skipped"]["torch-cpu:int8"]
+
+
+def test_the_auto_row_reports_the_precision_of_the_backend_it_picked(tiny_bundle) -> None:
+    """auto's row label names its pick; a backend that reports no precision gets its default (TensorRT: fp16)."""
+    from edge_ad.runtime.bench import precision_of
+
+    class Plain:
+        pass
+
+    detector = edge_ad.load(tiny_bundle, "onnxruntime-cpu")
+    detector.backend = Plain()
+    detector.backend.device_heatmap = False
+    assert precision_of("auto (tensorrt)", detector) == "fp16"
+    assert precision_of("auto (onnxruntime:int8)", detector) == "int8"
+    assert precision_of("auto (onnxruntime)", detector) == "fp32"

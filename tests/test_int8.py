@@ -171,6 +171,22 @@ def test_the_search_puts_the_costly_groups_that_disturb_little_in_int8_first() -
     assert select_int8(groups, macs, error, target=0.0)["int8_groups"] == []
 
 
+def test_a_search_short_of_time_still_tries_the_groups_it_measured() -> None:
+    """Measuring each group alone may use the whole budget; the selection then still gets its own."""
+    import time as clock
+
+    from edge_ad_export.int8 import select_int8
+
+    groups = {f"g{i}": [f"n{i}"] for i in range(6)}
+
+    def slow(int8_groups: list[str]) -> float:
+        clock.sleep(0.05)
+        return 0.01 * len(int8_groups)
+
+    found = select_int8(groups, {f"n{i}": 10 for i in range(6)}, slow, target=0.2, seconds=0.12)
+    assert 1 <= len(found["alone"]) < 6 and found["int8_groups"] and "groups measured alone" in found["stopped"]
+
+
 def test_the_arithmetic_of_each_weighted_node_comes_from_a_real_run(tmp_path) -> None:
     """A 3x3 convolution of 4 -> 8 channels on a 10 x 12 map: 8 * 10 * 12 outputs of 4 * 9 products each;
     a MatMul of 5 x 6 by 6 x 7: 35 outputs of 6 products."""

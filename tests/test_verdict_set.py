@@ -15,7 +15,7 @@ from edge_ad.models import create_model
 from edge_ad.runtime.preprocess import Geometry
 from edge_ad.runtime.verdict_check import read_verdict_set, verdicts_kept
 from edge_ad_export.exporter import export_model
-from edge_ad_export.verdict_set import COUNT
+from edge_ad_export.verdict_set import COUNT, nearest_of_each
 
 TINY = {"image_size": 64, "resize_size": 72, "embed_dim": 64, "disc_hidden": 32, "pretrained": False}
 
@@ -74,10 +74,22 @@ def test_the_export_keeps_the_images_nearest_the_threshold_with_their_fp32_score
     with edge_ad.load(bundle, "onnxruntime-cpu") as det:
         everyone = det.heatmaps(judged, maps=False)[1].astype(np.float64)
         assert np.allclose(det.heatmaps(check.images, maps=False)[1], check.scores, rtol=1e-5, atol=1e-6)
-    near = np.argsort(np.abs(everyone - check.threshold), kind="stable")[:kept]
-    assert np.array_equal(check.labels, _labels(len(judged))[np.sort(near)])     # each image keeps its label
-    far = np.sort(np.abs(everyone - check.threshold))[kept:]         # those left out lie farther away
-    assert not len(far) or far.min() >= np.abs(check.scores - check.threshold).max() - 1e-9
+    labels = _labels(len(judged))
+    near = nearest_of_each(np.abs(everyone - check.threshold), labels, COUNT)
+    assert np.array_equal(check.labels, labels[near])               # each image keeps its label
+    for label in (0, 1):                                             # of each label, those left out lie farther
+        left = np.setdiff1d(np.flatnonzero(labels == label), near)
+        if len(left):
+            distance = np.abs(everyone - check.threshold)
+            assert distance[left].min() >= distance[np.intersect1d(near, np.flatnonzero(labels == label))].max() - 1e-9
+
+
+def test_the_set_keeps_both_labels_when_the_nearest_are_all_of_one() -> None:
+    distance = np.arange(10, dtype=float)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])               # the defective ones lie farthest
+    assert nearest_of_each(distance, labels, 4).tolist() == [0, 1, 6, 7]
+    assert nearest_of_each(distance, labels, 20).tolist() == list(range(10))
+    assert nearest_of_each(distance, np.zeros(10, int), 4).tolist() == [0, 1, 2, 3]     # one label: the nearest
 
 
 def test_the_fp32_graph_keeps_every_verdict_and_a_shifted_one_does_not(bundle) -> None:
@@ -157,3 +169,54 @@ def test_auto_checks_each_reduced_precision_it_considers_here(bundle, monkeypatc
     monkeypatch.setenv("EDGE_AD_AUTO_PROBE", "0")
     with edge_ad.load(path) as first:                # no timing: the first candidate, OpenVINO on the FP32 graph
         assert first.backend.auto_probe["picked"] == "openvino:fp32"
+
+
+def test_the_check_judges_at_the_threshold_the_detector_will_use(bundle) -> None:
+    """A threshold (or sensitivity) given to load() moves the verdicts the check compares: scores all moved
+    up by half the set's spread flip verdicts at the calibrated threshold, none at one far above them."""
+    from edge_ad.runtime import _cpu_candidates, _threshold_asked
+    from edge_ad.runtime.backend import LoadOptions
+    from edge_ad.runtime.registry import get_backend
+
+    b = read_bundle(bundle)
+    check = read_verdict_set(b)
+    ort = get_backend("onnxruntime-cpu")
+    with edge_ad.load(bundle, "onnxruntime-cpu") as det:
+        class Shifted:
+            def infer(self, batch):
+                return det.backend.infer(batch) + 0.5 * float(np.ptp(check.scores))
+
+        def checked(threshold):
+            candidates = _cpu_candidates(ort, ort, b, LoadOptions(device="cpu"), threshold)
+            return next(c for c in candidates if c.check is not None).check(Shifted())
+
+        assert not checked(None)["kept"] and checked(None)["flips"] > 0
+        far = _threshold_asked(b, 1e6, None)
+        assert far == 1e6 and checked(far)["kept"] and checked(far)["flips"] == 0
+    assert _threshold_asked(b, None, None) is None
+    assert _threshold_asked(b, None, 0.5) == pytest.approx(check.threshold)
+
+
+def test_a_plain_export_with_an_unreadable_image_still_writes_the_bundle(tiny_bundle, tmp_path) -> None:
+    """The verdict set is best effort: one corrupt test image leaves the bundle without it, not unwritten
+    (with --int8, which calibrates on the data, the export says what cannot be read)."""
+    import json
+    import shutil
+
+    from edge_ad_export.exporter import export_run
+
+    src = Path(tiny_bundle).parent
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(src / "run", run)
+    shutil.copytree(src / "data", data)
+    text = (run / "run.json").read_text()
+    info = json.loads(text)
+    (run / "run.json").write_text(text.replace(str(src / "data"), str(data)))   # the run reads the copy
+    info = json.loads((run / "run.json").read_text())
+    broken = next((data / Path(info["data"]).name / "test").rglob("*.png"))
+    broken.write_bytes(broken.read_bytes()[:40])
+    bundle = export_run(run, tmp_path / "bundle")
+    assert "verdict_set" not in bundle.meta and (tmp_path / "bundle" / "model.onnx").is_file()
+    with pytest.raises(ValueError, match="cannot be read.*without --int8"):
+        export_run(run, tmp_path / "bundle8", int8=True)
+    assert not (tmp_path / "bundle8").exists()

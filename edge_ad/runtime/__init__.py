@@ -54,8 +54,9 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
     `build_engine=False` refuses to build a missing engine. `triton_url`: host:port of the gRPC endpoint.
     `threshold` (raw score units) or `sensitivity` (0..1, 0.5 = the calibrated threshold, higher flags
     more): the image threshold to use instead of the bundle's (Detector.set_threshold; at most one).
-    `precision`: None (the backend's default), "fp32", "bf16"/"fp16" (OpenVINO's hint) or "int8" (the bundle's
-    INT8 graph): edge_ad.runtime.precision."""
+    `precision`: None (the backend's default; for "auto" on a CPU box the fastest configuration that keeps
+    the bundle's verdict set, edge_ad.runtime.auto_cpu), "fp32", "bf16"/"fp16" (OpenVINO's hint), "int8"
+    (the bundle's INT8 graph) or "int8+bf16" (OpenVINO: its float parts at bf16): edge_ad.runtime.precision."""
     threshold_in_use(0.0, (0.0, 1.0), threshold, sensitivity)     # a bad value fails before any backend opens
     check_precision(precision, backend, PRECISIONS)
     entry = resolve(backend)
@@ -70,34 +71,53 @@ def load(bundle: str | Path, backend: str = "auto", *, color: str = "BGR", threa
     options = LoadOptions(device=entry.device, threads=threads, seed=seed, plan=plan, batch=batch,
                           cuda_graph=cuda_graph, build_engine=build_engine, triton_url=triton_url,
                           precision=precision)
-    detector = Detector(b, _open(backend, entry, b, options, kind), color=color)
+    in_use = _threshold_asked(b, threshold, sensitivity)
+    detector = Detector(b, _open(backend, entry, b, options, kind, in_use), color=color)
     detector.set_threshold(threshold, sensitivity=sensitivity)
     return detector
 
 
-def _open(requested: str, entry, bundle: Bundle, options: LoadOptions, kind: str) -> Backend:
+def _threshold_asked(bundle: Bundle, threshold: float | None, sensitivity: float | None) -> float | None:
+    """The image threshold the detector will use when the caller overrides the bundle's (else None), for
+    auto's verdict check; the Detector validates the calibration itself."""
+    if threshold is None and sensitivity is None:
+        return None
+    cal = bundle.meta.get("calibration") or {}
+    try:
+        return threshold_in_use(float(cal["image_threshold"]), tuple(cal["image_norm"]), threshold, sensitivity)
+    except (KeyError, TypeError, ValueError):
+        return None                                 # a broken calibration: the Detector says what is wrong
+
+
+def _open(requested: str, entry, bundle: Bundle, options: LoadOptions, kind: str,
+          threshold: float | None = None) -> Backend:
     """The entry's backend; for "auto" on OpenVINO (a CPU box) the fastest configuration of OpenVINO and
-    ONNX Runtime that keeps the bundle's verdicts (edge_ad.runtime.auto_cpu; a named precision keeps to its
-    graph); a diffusion bundle on ONNX Runtime."""
+    ONNX Runtime that keeps the bundle's verdicts at `threshold` (None: the calibrated one)
+    (edge_ad.runtime.auto_cpu; a named precision keeps to its graph); a diffusion bundle on ONNX Runtime."""
     if requested != "auto" or entry.name != "openvino" or options.precision not in (None, "fp32", "int8"):
         return entry.open(bundle, options)
     from edge_ad.runtime.auto_cpu import fastest_backend
     from edge_ad.runtime.registry import get_backend
 
     ort = get_backend("onnxruntime-cpu")
-    if kind == "latent_ddim":
-        return entry.open(bundle, options) if ort.missing() else ort.open(bundle, replace(options, device="cpu",
-                                                                                        precision=None))
+    if kind == "latent_ddim":                       # not probed; a named precision still applies
+        return entry.open(bundle, options) if ort.missing() else ort.open(bundle, replace(options, device="cpu"))
+    if options.precision == "int8" and not bundle.meta.get("int8"):
+        return entry.open(bundle, options)          # graph_for says how to get an INT8 graph
     size = (bundle.meta["input"]["height"], bundle.meta["input"]["width"])
-    return fastest_backend(_cpu_candidates(entry, None if ort.missing() else ort, bundle, options), *size)
+    candidates = _cpu_candidates(entry, None if ort.missing() else ort, bundle, options, threshold)
+    return fastest_backend(candidates, *size)
 
 
-def _cpu_candidates(openvino, ort, bundle: Bundle, options: LoadOptions) -> list:
-    """auto's candidates on a CPU box, in the order the probe-less load tries them (auto_cpu)."""
+def _cpu_candidates(openvino, ort, bundle: Bundle, options: LoadOptions, threshold: float | None = None) -> list:
+    """auto's candidates on a CPU box, in the order the probe-less load tries them (auto_cpu); reduced
+    precisions checked on the bundle's verdict set at `threshold` (None: the calibrated one)."""
     from edge_ad.runtime.auto_cpu import Candidate
     from edge_ad.runtime.verdict_check import read_verdict_set, verdicts_kept
 
     check_set = read_verdict_set(bundle)
+    if check_set is not None and threshold is not None:
+        check_set = check_set._replace(threshold=float(threshold))
     spec = HeatmapSpec.from_meta(bundle.meta["heatmap"])
     check = (lambda backend: verdicts_kept(backend, spec, check_set)) if check_set is not None else None
     has_int8 = bool(bundle.meta.get("int8"))

@@ -198,7 +198,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def parse_backends(text: str) -> list[str]:
     """--backends: comma-separated registered names (checked), each optionally with a precision
-    (`name:fp32|bf16|fp16|int8`, edge_ad.runtime.precision), in order, without repeats."""
+    (`name:fp32|bf16|fp16|int8|int8+bf16`, edge_ad.runtime.precision), in order, without repeats."""
     specs = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not specs:
         raise ValueError(f"--backends {text!r}: name at least one of {', '.join(backend_names())}")
@@ -250,6 +250,8 @@ def open_backend(spec: str, config: BenchConfig) -> tuple[Detector | None, str]:
 def precision_of(label: str, detector: Detector) -> str:
     """The arithmetic a backend runs in: what the backend reports (OpenVINO's resolved hint), else what
     was asked for, else its default: TensorRT's engines are FP16, torch on CUDA autocasts to FP16."""
+    if label.startswith("auto (") and label.endswith(")"):         # "auto (tensorrt)": the backend it picked
+        label = label[len("auto ("):-1]
     name, asked = split_spec(label)
     reported = getattr(detector.backend, "precision", None)
     if isinstance(reported, str):

@@ -96,6 +96,7 @@ def recalibrate(bundle: str | Path, good: str | Path, bad: str | Path | None = N
     "f1-max"; see threshold_rules) and, with `write`, make it the bundle's calibration. Bad inputs
     (folders, flags, images) raise ValueError before anything is written."""
     import edge_ad
+    from edge_ad.runtime.registry import resolve
 
     echo = echo or (lambda line: None)
     check_request(method, target, bad is not None)          # flags, folders, then the bundle and the images
@@ -105,7 +106,10 @@ def recalibrate(bundle: str | Path, good: str | Path, bad: str | Path | None = N
     view = view_record(roi, tiles, overlap)
     if write:
         check_writable(bundle)
-    with edge_ad.load(bundle, backend=backend) as detector:
+    # auto on a CPU box (OpenVINO) may pick bf16 or INT8 by timing; a threshold is fitted on the FP32 scores
+    # the bundle's verdict set holds, so that later loads check their precision against the same reference
+    precision = "fp32" if backend == "auto" and resolve("auto").name == "openvino" else None
+    with edge_ad.load(bundle, backend=backend, precision=precision) as detector:
         detector.view_warning = False                        # this calibration sets the view
         echo(f"scoring {len(good_files)} good images" + (f" and {len(bad_files)} defective ones" if bad_files else "")
              + f" on {detector.backend.name}")

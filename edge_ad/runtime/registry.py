@@ -107,16 +107,12 @@ def get_backend(name: str) -> BackendEntry:
 
 def openvino_for_cpu() -> bool:
     """Whether `auto` runs on OpenVINO rather than ONNX Runtime on a box without a CUDA GPU: where OpenVINO
-    is installed and the CPU is x86-64. It does so with the f32 hint, not OpenVINO's default.
-
-    Measured on runs/demo/bundle (SimpleNet, 224 px) on an AMD EPYC (2 cores, AVX512-BF16), OpenVINO
-    2026.4.1 against ONNX Runtime 1.31.1 (docs/openvino.md): model only, 244 vs 160 FPS at batch 1 and 223
-    vs 107 at batch 8 with the f32 hint; predict() on 640 x 480 frames 191 vs 135 FPS. The default hint
-    there is bf16 (447 FPS at batch 1) but it moved the test split's image AUROC by 0.0067 (over the 0.005
-    bound) and the image scores by up to 0.29, more than the 0.19 between the calibrated threshold and the
-    nearest test score: it could change verdicts, so auto keeps FP32 and bf16 is asked for by name. ARM
-    CPUs stay on ONNX Runtime (not measured). OpenVINO is not faster on every graph (SPR: 3.6x slower,
-    benchmarks/results/cpu-peers.json), so `edge_ad.load` times both on the bundle (auto_cpu)."""
+    is installed and the CPU is x86-64. `edge_ad.load` then times OpenVINO and ONNX Runtime on the bundle's
+    FP32 and INT8 graphs and OpenVINO's bf16 hint, and keeps the fastest whose reduced precision passes the
+    bundle's verdict set on this CPU (edge_ad/runtime/auto_cpu.py; the entry's own precision is f32). ARM
+    CPUs stay on ONNX Runtime (not measured). Measured (benchmarks/results/cpu-peers.json, 2-core AMD EPYC):
+    OpenVINO is not faster on every graph (SPR: its f32 hint 0.7x ONNX Runtime), and bf16 or INT8 can keep
+    the verdicts and lose AUROC, which is why each is checked rather than assumed."""
     return installed("openvino") and platform.machine().lower() in ("x86_64", "amd64")
 
 

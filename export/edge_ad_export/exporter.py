@@ -145,20 +145,26 @@ def export_model(model: AnomalyModel, out: str | Path, *, name: str, geometry: G
 
 def _judged_images(info: dict, geometry: Geometry, *,
                    required: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(calibration images, check images, check labels: 0 good, 1 defective) of a run: up to 64 good training images of all its categories, evenly
-    picked, to calibrate the INT8 graph on; to check verdicts on (the INT8 check's and the bundle's verdict
-    set, verdict_set.py), the images the run calibrated its threshold on (its validation images, which may
-    be among the calibration images too), its test split and the good training images not calibrated on.
-    None when the run's data cannot be read, unless `required` (--int8): then a ValueError."""
+    """(calibration images, check images, check labels: 0 good, 1 defective) of a run: up to 64 good
+    training images of all its categories, evenly picked, to calibrate the INT8 graph on; to check verdicts
+    on (the INT8 check's and the bundle's verdict set, verdict_set.py), the images the run calibrated its
+    threshold on (its validation images, which may be among the calibration images too), its test split
+    and the good training images not calibrated on. None when the run's data, or any image of it, cannot
+    be read (the bundle then has no verdict set), unless `required` (--int8): then a ValueError."""
     try:
-        categories = load_categories(run_data(info))
-        fraction, seed = float(info.get("val_fraction", TrainConfig.val_fraction)), int(info.get("seed", 0))
-        vals = [train_val_parts(c.train, c.val, fraction, seed)[1] for c in categories]
+        return _read_judged(info, geometry)
     except (ValueError, OSError) as err:
         if not required:
             return None
         raise ValueError(f"--int8 calibrates on the run's training images, which cannot be read ({err}); restore "
                          "the data the run was trained on, or export without --int8") from None
+
+
+def _read_judged(info: dict, geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_judged_images' reading: ValueError or OSError when the data or an image cannot be read."""
+    categories = load_categories(run_data(info))
+    fraction, seed = float(info.get("val_fraction", TrainConfig.val_fraction)), int(info.get("seed", 0))
+    vals = [train_val_parts(c.train, c.val, fraction, seed)[1] for c in categories]
     train = [(c.train, i) for c in categories for i in range(len(c.train))]
     picks = np.linspace(0, len(train) - 1, min(CALIBRATION_IMAGES, len(train))).astype(int).tolist()
     calibration = np.stack([prepare(train[k][0][train[k][1]]["image"], geometry) for k in picks])
