@@ -346,3 +346,26 @@ def test_auto_on_a_cpu_box_may_pick_the_checked_int8_graph(int8_bundle, monkeypa
     with edge_ad.load(int8_bundle) as picked, edge_ad.load(int8_bundle, "onnxruntime-cpu") as reference:
         assert picked.backend.precision in ("int8", "fp32")
         assert picked.predict(frame).score == pytest.approx(reference.predict(frame).score, abs=0.2)
+
+
+def test_an_add_of_a_constant_map_stays_fp32(tmp_path) -> None:
+    """OpenVINO 2026.4 cannot compile Add(DQ(x), DQ(constant map)) (UniAD's attention bias); such ops stay
+    FP32, per-channel constants do not (the compile itself: benchmarks/results/cpu-peers.json's UniAD rows)."""
+    from onnx import TensorProto, helper
+
+    from edge_ad_export.int8 import fixed_fp32
+
+    inits = [onnx.numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w"),
+             onnx.numpy_helper.from_array(np.ones((1, 1, 6, 6), np.float32), "bias_map"),
+             onnx.numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "per_channel")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Add", ["c", "bias_map"], ["a"], name="add_map"),
+             helper.make_node("Mul", ["a", "per_channel"], ["m"], name="mul_channel"),
+             helper.make_node("Conv", ["m", "w2"], ["h"], name="conv2"),
+             helper.make_node("Conv", ["h", "w3"], ["y"], name="conv3")]          # the map head
+    inits += [onnx.numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2"),
+              onnx.numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "w3")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 6, 6])], inits)
+    fixed = fixed_fp32(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert fixed.get("add_map") == "element-wise with a constant map" and "mul_channel" not in fixed

@@ -16,6 +16,8 @@ onnxruntime 1.24 (this project: 1.23 / 1.31), so it is not a dependency.
    everything before the first weighted op) and the anomaly-map head (the ops with no weighted op after
    them, or only the projection that writes the map: distances, norms, Resize, the score conv). A
    quantized output would saturate at the good images' range, where anomalies are what lies beyond it.
+   And element-wise ops with a constant map operand (UniAD's attention bias), which OpenVINO cannot
+   compile in Q/DQ form.
 4. Selection (`select_int8`): groups of nodes (a block of the network: a weighted op with the ops that
    follow it) start in FP32. Each group's error alone in INT8 is measured (the largest image-score change
    over the search images, over the spread of their FP32 scores); then the groups with the most
@@ -124,7 +126,22 @@ def fixed_fp32(model: onnx.ModelProto) -> dict[str, str]:
             fixed[node.name] = "input preprocessing"
         elif node.name in writers or below[node.name] <= writers and node.op_type not in WEIGHTED_OPS:
             fixed[node.name] = "anomaly-map head"
+    for name in _with_constant_maps(model, data):
+        fixed.setdefault(name, "element-wise with a constant map")
     return fixed
+
+
+def _with_constant_maps(model: onnx.ModelProto, data: list[onnx.NodeProto]) -> list[str]:
+    """Element-wise data nodes with a constant operand of two or more dimensions longer than 1 (UniAD's
+    attention bias, 1 x 1 x 196 x 196): OpenVINO 2026.4's low-precision transformations throw on
+    Add(DequantizeLinear(x), DequantizeLinear(constant)) of that kind ("index '0' out of range") and the
+    INT8 graph would not compile there. Per-channel constants (1 x C x 1 x 1) compile and stay INT8."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            dims.update({node.output[0]: list(a.t.dims) for a in node.attribute if a.name == "value"})
+    return [n.name for n in data if n.op_type in ("Add", "Sub", "Mul", "Div")
+            and any(sum(d > 1 for d in dims.get(i, [])) >= 2 for i in n.input)]
 
 
 def _group_key(name: str) -> str:
