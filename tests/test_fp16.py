@@ -9,27 +9,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from edge_ad_export.fp16 import convert_fp16, fp16_name, write_fp16
+from fp16_models import Loud
 from edge_ad_export.onnx import export_graph
 from edge_ad_export.opcheck import errors
 from edge_ad_export.parity import ParityError
-
-
-class Loud(nn.Module):
-    """A conv, then a layer whose activations pass FP16's 65504 (x 3e5), then back down."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.permute(0, 3, 1, 2).float() / 255.0)
-        loud = self.norm(y * 300.0 * 1000.0) * 1e-5             # overflows in FP16, fine in FP32
-        return (loud + y).abs().mean(dim=1, keepdim=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edge_ad_export.fp16 import fp16_name, write_fp16
+from fp16_models import Loud, Squares
 from edge_ad_export.fp16_autocast import MODELOPT_PYTHON, require_autocast
 from edge_ad_export.onnx import export_graph
 from edge_ad_export.opcheck import errors
@@ -34,35 +35,6 @@ HAS_AUTOCAST = _autocast_importable()
 NO_AUTOCAST = ("nvidia-modelopt is not importable in this interpreter: pip install nvidia-modelopt==0.47.0 "
                "onnx-graphsurgeon onnxslim onnxscript onnx-ir lief polygraphy (see edge_ad_export.fp16_autocast)")
 TOOLS = ["converter", pytest.param("autocast", marks=pytest.mark.skipif(not HAS_AUTOCAST, reason=NO_AUTOCAST))]
-
-
-class Loud(nn.Module):
-    """A conv, then a layer whose activations pass FP16's 65504 (x 3e5), then back down."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.permute(0, 3, 1, 2).float() / 255.0)
-        return (self.norm(y * 300.0 * 1000.0) * 1e-5 + y).abs().mean(dim=1, keepdim=True)
-
-
-class Squares(nn.Module):
-    """A GroupNorm over activations near 1000: every tensor within data_max (1e4), but the variance it
-    computes squares them past 65504."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.permute(0, 3, 1, 2).float() / 255.0)
-        return self.norm(y * 1000.0).abs().mean(dim=1, keepdim=True)
 
 
 class Cancels(nn.Module):
