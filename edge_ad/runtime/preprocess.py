@@ -119,7 +119,8 @@ def _rgb_order(image: np.ndarray, bgr: bool) -> np.ndarray:
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     """`image` at h x w: area averaging when shrinking both sides, bilinear otherwise; as is when equal.
     The area shrink runs on the compiled kernel when it takes the image (same pixels as OpenCV's
-    INTER_AREA, about 4x faster on a camera frame: benchmarks/resize_cost.py), else on OpenCV."""
+    INTER_AREA, about 4x faster on a camera frame: benchmarks/resize_cost.py; exactness verified on x86-64,
+    unverified on aarch64), else on OpenCV."""
     ih, iw = image.shape[:2]
     if (ih, iw) == (h, w):
         return image
